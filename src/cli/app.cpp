@@ -1,0 +1,286 @@
+#include "cli/app.h"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "analysis/beat_grid.h"
+#include "audio/audio.h"
+#include "cli/options.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "farm/farm.h"
+#include "farm/mpi_world.h"
+#include "plan/plan_json.h"
+#include "render/preview.h"
+
+namespace beatfarm::cli {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+enum SetupStatus : int { kSetupOk = 0, kSetupHelp = 1, kSetupBadInput = 2, kSetupFailed = 3 };
+
+// What rank 0 hands every rank before rendering.
+struct Job {
+  Options options;
+  farm::WorkDir work;
+  plan::Timeline timeline;
+  std::vector<bool> already_done;
+  double analysis_seconds = 0.0;
+};
+
+json job_to_json(const Job& job) {
+  std::vector<int> done(job.already_done.begin(), job.already_done.end());
+  return {{"options", all_values(job.options)}, {"work_dir", job.work.root},
+          {"plan", plan::to_json(job.timeline)}, {"done", done}};
+}
+
+Job job_from_json(const json& j) {
+  Job job;
+  apply_values(job.options, j.at("options").get<std::map<std::string, std::string>>());
+  job.work.root = j.at("work_dir").get<std::string>();
+  job.timeline = plan::timeline_from_json(j.at("plan"));
+  for (int d : j.at("done").get<std::vector<int>>()) job.already_done.push_back(d != 0);
+  return job;
+}
+
+std::unique_ptr<render::Backend> make_backend(const Options& options) {
+  if (options.backend == "preview") return render::make_preview_backend();
+  throw InputError(str("--backend ", options.backend, " is not available in this build"));
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(str("cannot read '", path, "'"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// --resume WORKDIR: the job's options come from its plan.json; an option given now that
+// would change what is rendered is refused rather than silently mixed in.
+void load_resumed_options(Options& options) {
+  std::string work_dir = options.resume;
+  std::string plan_path = work_dir + "/plan.json";
+  if (!fs::is_directory(work_dir)) throw InputError(str("--resume '", work_dir, "' is not a directory"));
+  if (!fs::exists(plan_path))
+    throw InputError(str("--resume '", work_dir, "' holds no plan.json: not a beatfarm work dir"));
+  json stored;
+  try {
+    stored = json::parse(read_text(plan_path));
+  } catch (const json::exception& e) {
+    throw InputError(str("'", plan_path, "' is not valid JSON: ", e.what()));
+  }
+  auto values = stored.at("options").get<std::map<std::string, std::string>>();
+  if (!options.audio.empty()) options.audio = fs::absolute(options.audio).string();
+  auto now = job_defining_values(options);
+  for (const auto& [name, value] : now) {
+    if (!options.explicitly_set.count(name) || !values.count(name) || values.at(name) == value) continue;
+    throw InputError(str("--", name, " '", value, "' differs from the resumed job's '", values.at(name),
+                         "' (", plan_path, "); start a new job in another --work-dir to change it"));
+  }
+  Options resumed;
+  apply_values(resumed, values);
+  // Options that do not change the rendered frames may be given anew.
+  for (const std::string& name : options.explicitly_set)
+    if (!now.count(name)) apply_values(resumed, {{name, all_values(options).at(name)}});
+  resumed.resume = work_dir;
+  resumed.work_dir = work_dir;
+  resumed.explicitly_set = options.explicitly_set;
+  options = resumed;
+}
+
+// Rank 0: parse, validate, analyse, plan. Throws InputError / Error.
+Job prepare(int argc, char** argv, SetupStatus* status) {
+  Job job;
+  Options& options = job.options;
+  options = parse_options(argc, argv);
+  if (options.help || options.version) {
+    *status = kSetupHelp;
+    if (options.help) std::printf("%s\n", options.help_text.c_str());
+    else std::printf("beatfarm %s\n", BEATFARM_VERSION);
+    return job;
+  }
+  if (!options.resume.empty()) load_resumed_options(options);
+  validate_options(options);
+  options.audio = fs::absolute(options.audio).string();
+  options.output = fs::absolute(options.output).string();
+  make_backend(options);  // fails early for a backend this build lacks
+
+  job.work.root = options.work_dir.empty() ? farm::default_work_dir_name() : options.work_dir;
+  if (options.resume.empty() && fs::exists(job.work.plan_json()))
+    throw InputError(str("--work-dir '", job.work.root, "' already holds a job (plan.json); continue it with --resume ",
+                         job.work.root, " or choose another --work-dir"));
+  job.work.create();
+  Logger::instance().open_file(job.work.rank_log(0));
+  log_info("beatfarm ", BEATFARM_VERSION, ": ", options.backend == "preview"
+               ? "preview backend: a procedural animatic for checking the cut, not generated video"
+               : "backend " + options.backend);
+
+  if (!options.resume.empty()) {
+    json stored = json::parse(read_text(job.work.plan_json()));
+    job.timeline = plan::timeline_from_json(stored.at("plan"));
+    log_info("resuming ", job.work.root, ": ", job.timeline.tasks.size(), " tasks in plan.json");
+  } else {
+    const auto start = Clock::now();
+    audio::Pcm pcm = audio::decode(options.audio, options.audio_start, options.audio_end,
+                                   analysis::kAnalysisSampleRate, 1);
+    analysis::BeatGrid grid = analysis::analyze(pcm);
+    log_info("analysis: ", grid.beats.size(), " beats, ", grid.downbeats.size(), " downbeats, ",
+             grid.tempo_bpm, " BPM, ", grid.meter, "/4, ", seconds_since(start), " s");
+    job.timeline = plan::make_timeline(grid, plan_options(options));
+    job.analysis_seconds = seconds_since(start);
+    Options stored = options;
+    stored.work_dir = job.work.root;
+    json plan_file = {{"beatfarm_version", BEATFARM_VERSION},
+                      {"options", all_values(stored)},
+                      {"plan", plan::to_json(job.timeline)}};
+    farm::write_file_atomically(job.work.plan_json(), plan_file.dump(1) + "\n");
+  }
+  const plan::Timeline& t = job.timeline;
+  int peaks = 0, flf2v = 0, bim = 0;
+  for (const plan::Task& task : t.tasks) {
+    peaks += task.kind == plan::TaskKind::Peak;
+    flf2v += task.method == "flf2v";
+    bim += task.method == "bim";
+  }
+  log_info("plan: ", t.total_frames, " frames at ", t.options.fps, " fps, ", t.slots.size(),
+           " peak slots, ", t.tasks.size(), " tasks (", peaks, " peak, ", flf2v, " flf2v, ", bim,
+           " interpolated)");
+
+  // Resume: what is on disk and valid is kept; anything else is rendered again.
+  job.already_done.assign(t.tasks.size(), false);
+  int kept = 0;
+  for (const plan::Task& task : t.tasks) {
+    std::string why;
+    std::string path = job.work.task_h5(task);
+    if (farm::task_file_matches(job.work, t, task, options.backend, &why)) {
+      job.already_done[task.id] = true;
+      ++kept;
+    } else if (fs::exists(path)) {
+      log_warn(task.name, ".h5 is not usable (", why, "): rendering it again");
+      fs::remove(path);
+    }
+  }
+  if (kept > 0) log_info("resume: ", kept, " of ", t.tasks.size(), " tasks are complete on disk");
+  *status = kSetupOk;
+  return job;
+}
+
+void write_report(const Job& job, const std::vector<farm::TaskRecord>& records, int ranks,
+                  double render_seconds, double assemble_seconds, double total_seconds) {
+  json tasks = json::array();
+  for (const farm::TaskRecord& r : records) {
+    const plan::Task& task = job.timeline.tasks.at(r.task);
+    tasks.push_back({{"name", task.name}, {"kind", plan::to_string(task.kind)},
+                     {"method", task.method}, {"frames", task.render_frames}, {"rank", r.rank},
+                     {"host", r.host}, {"seconds", r.seconds}, {"resumed", r.resumed}});
+  }
+  json report = {{"output", job.options.output}, {"backend", job.options.backend},
+                 {"ranks", ranks}, {"frames", job.timeline.total_frames},
+                 {"fps", job.timeline.options.fps}, {"analysis_seconds", job.analysis_seconds},
+                 {"render_seconds", render_seconds}, {"assemble_seconds", assemble_seconds},
+                 {"total_seconds", total_seconds}, {"tasks", tasks}};
+  farm::write_file_atomically(job.work.report_json(), report.dump(1) + "\n");
+}
+
+int run(farm::MpiWorld& world, int argc, char** argv) {
+  const auto job_start = Clock::now();
+  Logger& logger = Logger::instance();
+  logger.set_rank(world.rank);
+  logger.set_echo(world.rank == 0);
+
+  // Phase 1: rank 0 decides; everyone learns the verdict before anything renders.
+  Job job;
+  int status = kSetupFailed;
+  std::string payload;
+  if (world.rank == 0) {
+    SetupStatus setup = kSetupFailed;
+    try {
+      job = prepare(argc, argv, &setup);
+      if (setup == kSetupOk) payload = job_to_json(job).dump();
+    } catch (const InputError& e) {
+      std::fprintf(stderr, "beatfarm: error: %s\n", e.what());
+      setup = kSetupBadInput;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "beatfarm: error: %s\n", e.what());
+      setup = kSetupFailed;
+    }
+    status = setup;
+  }
+  MPI_Request request;
+  MPI_Ibcast(&status, 1, MPI_INT, 0, MPI_COMM_WORLD, &request);
+  farm::wait_politely(&request, nullptr);
+  if (status == kSetupHelp) return kExitOk;
+  if (status == kSetupBadInput) return kExitBadInput;
+  if (status != kSetupOk) return kExitFailure;
+  farm::broadcast_string(payload, 0, MPI_COMM_WORLD);
+
+  // Phase 2: every rank renders.
+  std::vector<farm::TaskRecord> records;
+  double render_seconds = 0.0;
+  try {
+    if (world.rank != 0) {
+      job = job_from_json(json::parse(payload));
+      logger.open_file(job.work.rank_log(world.rank));
+    }
+    if (job.options.verbose) logger.set_level(LogLevel::Debug);
+    log_info("rank ", world.rank, "/", world.size, " on ", world.host, " (node rank ",
+             world.local_rank, "/", world.local_size, ")");
+    auto backend = make_backend(job.options);
+    const auto render_start = Clock::now();
+    records = farm::run_farm(world, job.timeline, job.work, *backend, job.already_done);
+    render_seconds = seconds_since(render_start);
+  } catch (const std::exception& e) {
+    log_error(e.what());
+    farm::abort_job(kExitFailure);
+  }
+
+  // Phase 3: rank 0 assembles; the others wait without burning its cores.
+  if (world.rank == 0) {
+    try {
+      const auto assemble_start = Clock::now();
+      const Options& o = job.options;
+      audio::Pcm audio = audio::decode(o.audio, o.audio_start, o.audio_end, 0, 0);
+      farm::AssembleOptions assemble;
+      assemble.output = o.output;
+      assemble.crf = o.crf;
+      assemble.preset = o.preset;
+      assemble.threads = o.threads;
+      farm::assemble(job.timeline, job.work, audio, assemble);
+      double assemble_seconds = seconds_since(assemble_start);
+      double total = seconds_since(job_start);
+      write_report(job, records, world.size, render_seconds, assemble_seconds, total);
+      log_info("wrote ", o.output, " (", job.timeline.total_frames, " frames, ",
+               double(job.timeline.total_frames) / job.timeline.options.fps, " s) in ",
+               total, " s with ", world.size, " ranks; work dir ", job.work.root);
+    } catch (const std::exception& e) {
+      log_error(e.what());
+      log_error("the rendered tasks stay in ", job.work.root, "; continue with --resume ", job.work.root);
+      farm::abort_job(kExitFailure);
+    }
+  }
+  farm::barrier_politely(MPI_COMM_WORLD);
+  return kExitOk;
+}
+
+}  // namespace
+
+int main_entry(int argc, char** argv) {
+  farm::MpiWorld world = farm::init_mpi(&argc, &argv);
+  int code = run(world, argc, argv);
+  Logger::instance().close_file();
+  farm::finalize_mpi(world);
+  return code;
+}
+
+}  // namespace beatfarm::cli

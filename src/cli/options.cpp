@@ -1,0 +1,462 @@
+#include "cli/options.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "audio/audio.h"
+#include "beatfarm/embedded_styles.h"
+#include "common/error.h"
+
+namespace beatfarm::cli {
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct OptionSpec {
+  const char* name;
+  const char* group;
+  const char* help;
+  bool flag;  // takes no value on the command line
+  std::function<void(Options&, const std::string&)> set;
+  std::function<std::string(const Options&)> get;
+};
+
+std::string format_double(double value) {
+  std::ostringstream out;
+  out.precision(17);
+  out << value;
+  return out.str();
+}
+
+long long parse_integer(const std::string& name, const std::string& value) {
+  try {
+    size_t used = 0;
+    long long parsed = std::stoll(value, &used);
+    if (used == value.size()) return parsed;
+  } catch (const std::exception&) {
+  }
+  throw InputError(str("--", name, " '", value, "' is not an integer"));
+}
+
+double parse_number(const std::string& name, const std::string& value) {
+  try {
+    size_t used = 0;
+    double parsed = std::stod(value, &used);
+    if (used == value.size() && std::isfinite(parsed)) return parsed;
+  } catch (const std::exception&) {
+  }
+  throw InputError(str("--", name, " '", value, "' is not a number"));
+}
+
+bool parse_bool(const std::string& name, const std::string& value) {
+  std::string v = value;
+  std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
+  if (v == "0" || v == "false" || v == "no" || v == "off" || v.empty()) return false;
+  throw InputError(str("--", name, " '", value, "' is not a boolean (true/false)"));
+}
+
+void check_enum(const std::string& name, const std::string& value,
+                const std::vector<std::string>& allowed) {
+  if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return;
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : "|") + (a.empty() ? "\"\"" : a);
+  throw InputError(str("--", name, " '", value, "' is not one of ", list));
+}
+
+#define BF_STRING(field) \
+  [](Options& o, const std::string& v) { o.field = v; }, [](const Options& o) { return o.field; }
+#define BF_INT(name, field)                                                         \
+  [](Options& o, const std::string& v) { o.field = int(parse_integer(name, v)); }, \
+      [](const Options& o) { return std::to_string(o.field); }
+#define BF_DOUBLE(name, field)                                                 \
+  [](Options& o, const std::string& v) { o.field = parse_number(name, v); }, \
+      [](const Options& o) { return format_double(o.field); }
+#define BF_BOOL(name, field)                                                 \
+  [](Options& o, const std::string& v) { o.field = parse_bool(name, v); }, \
+      [](const Options& o) { return std::string(o.field ? "true" : "false"); }
+#define BF_ENUM(name, field, ...)                                \
+  [](Options& o, const std::string& v) {                         \
+    check_enum(name, v, {__VA_ARGS__});                          \
+    o.field = v;                                                 \
+  },                                                             \
+      [](const Options& o) { return o.field; }
+
+const std::vector<std::string> kX264Presets = {"ultrafast", "superfast", "veryfast", "faster",
+                                               "fast",      "medium",    "slow",     "slower",
+                                               "veryslow",  "placebo"};
+
+const std::vector<OptionSpec>& option_table() {
+  static const std::vector<OptionSpec> table = {
+      {"audio", "Required", "input audio file (any format FFmpeg reads)", false, BF_STRING(audio)},
+      {"output", "Required", "output video file path (.mp4)", false, BF_STRING(output)},
+
+      {"model", "Video generation", "Wan T2V model id or local Diffusers folder", false, BF_STRING(model)},
+      {"width", "Video generation", "frame width, a multiple of 16", false, BF_INT("width", width)},
+      {"height", "Video generation", "frame height, a multiple of 16", false, BF_INT("height", height)},
+      {"num-peak-clips", "Video generation", "number of peak clips to generate", false,
+       BF_INT("num-peak-clips", num_peak_clips)},
+      {"peak-len", "Video generation", "length of each peak clip in seconds", false,
+       BF_DOUBLE("peak-len", peak_len)},
+      {"batch-size", "Video generation", "generation batch size", false, BF_INT("batch-size", batch_size)},
+      {"mode", "Video generation",
+       "per-clip: one generation per peak clip; sliced: one long generation cut into clips", false,
+       BF_ENUM("mode", mode, "per-clip", "sliced")},
+      {"backend", "Video generation",
+       "wan: the Wan pipelines; preview: procedural animatic, no model weights", false,
+       BF_ENUM("backend", backend, "wan", "preview")},
+      {"fps", "Video generation", "output frame rate (Wan's native rate is 16)", false, BF_INT("fps", fps)},
+      {"seed", "Video generation", "job seed; each task's seed derives from it and the task id", false,
+       [](Options& o, const std::string& v) {
+         long long s = parse_integer("seed", v);
+         if (s < 0) throw InputError(str("--seed '", v, "' must not be negative"));
+         o.seed = uint64_t(s);
+       },
+       [](const Options& o) { return std::to_string(o.seed); }},
+
+      {"interpolation-mode", "Interpolation",
+       "hybrid: FLF2V for long gaps, BiM-VFI for short; flf2v: all FLF2V; bim: all BiM-VFI", false,
+       BF_ENUM("interpolation-mode", interpolation_mode, "hybrid", "flf2v", "bim")},
+      {"hybrid-threshold", "Interpolation", "gap length in seconds from which hybrid uses FLF2V", false,
+       BF_DOUBLE("hybrid-threshold", hybrid_threshold)},
+      {"max-flf2v-count", "Interpolation", "maximum FLF2V uses, -1 = unlimited (longest gaps first)",
+       false, BF_INT("max-flf2v-count", max_flf2v_count)},
+      {"flf2v-model", "Interpolation", "Wan first-last-frame model id or local folder", false,
+       BF_STRING(flf2v_model)},
+
+      {"prompt-style", "Prompts", "abstract|nature|cosmic|urban|fantasy|particle (or a style of --styles)",
+       false, BF_STRING(prompt_style)},
+      {"peak-prompt", "Prompts", "custom prompt for peak clips", false, BF_STRING(peak_prompt)},
+      {"transition-prompt", "Prompts", "custom prompt for transition clips", false,
+       BF_STRING(transition_prompt)},
+      {"negative-prompt", "Prompts", "custom negative prompt", false, BF_STRING(negative_prompt)},
+      {"styles", "Prompts", "INI file of prompt styles (default: the built-in configs/prompt_styles.ini)",
+       false, BF_STRING(styles_file)},
+
+      {"peak-thresh", "Beat detection", "beat strength (0..1) from which a beat can carry a peak clip",
+       false, BF_DOUBLE("peak-thresh", peak_thresh)},
+
+      {"audio-start", "Audio range", "start of the used audio in seconds", false,
+       BF_DOUBLE("audio-start", audio_start)},
+      {"audio-end", "Audio range", "end of the used audio in seconds (default: the end of the song)",
+       false, BF_DOUBLE("audio-end", audio_end)},
+
+      {"cpu-offload", "Performance", "model|sequential|none", false,
+       BF_ENUM("cpu-offload", cpu_offload, "model", "sequential", "none")},
+      {"device-map", "Performance", "auto|balanced: split models tensor-parallel over a group of ranks",
+       false, BF_ENUM("device-map", device_map, "", "none", "auto", "balanced")},
+      {"hf-token", "Performance", "Hugging Face token (only shown in download hints, never logged)",
+       false, BF_STRING(hf_token)},
+      {"cache-dir", "Performance", "Hugging Face cache directory", false, BF_STRING(cache_dir)},
+      {"local-files-only", "Performance", "use only the local cache", true,
+       BF_BOOL("local-files-only", local_files_only)},
+      {"threads", "Performance", "compute threads per rank (0: the node's cores / its ranks)", false,
+       BF_INT("threads", threads)},
+
+      {"work-dir", "Job", "work directory (default: work_YYYYMMDD_HHMMSS in the current directory)",
+       false, BF_STRING(work_dir)},
+      {"resume", "Job", "continue the job in this work dir: render only missing or invalid tasks",
+       false, BF_STRING(resume)},
+      {"config", "Job", "INI file of options (see configs/); command line and environment win", false,
+       BF_STRING(config)},
+      {"crf", "Encoding", "libx264 constant rate factor (0..51, lower is better)", false, BF_INT("crf", crf)},
+      {"preset", "Encoding", "libx264 preset (ultrafast..veryslow)", false,
+       [](Options& o, const std::string& v) {
+         check_enum("preset", v, kX264Presets);
+         o.preset = v;
+       },
+       [](const Options& o) { return o.preset; }},
+      {"verbose", "Job", "log more detail", true, BF_BOOL("verbose", verbose)},
+  };
+  return table;
+}
+
+#undef BF_STRING
+#undef BF_INT
+#undef BF_DOUBLE
+#undef BF_BOOL
+#undef BF_ENUM
+
+const OptionSpec* find_spec(const std::string& name) {
+  for (const OptionSpec& spec : option_table())
+    if (name == spec.name) return &spec;
+  return nullptr;
+}
+
+po::options_description make_description(std::map<std::string, std::string>& defaults) {
+  po::options_description all("beatfarm options");
+  std::vector<std::string> groups;
+  for (const OptionSpec& spec : option_table())
+    if (std::find(groups.begin(), groups.end(), spec.group) == groups.end()) groups.push_back(spec.group);
+  Options defaults_holder;
+  for (const std::string& group : groups) {
+    po::options_description section(group);
+    for (const OptionSpec& spec : option_table()) {
+      if (group != spec.group) continue;
+      std::string def = spec.get(defaults_holder);
+      defaults[spec.name] = def;
+      std::string help = spec.help;
+      if (!def.empty() && !spec.flag) help += " [default: " + def + "]";
+      auto* value = po::value<std::string>();
+      if (spec.flag) value->zero_tokens()->implicit_value("true");
+      section.add_options()(spec.name, value, help.c_str());
+    }
+    all.add(section);
+  }
+  po::options_description general("General");
+  general.add_options()("help,h", "show this help")("version", "show the version");
+  all.add(general);
+  return all;
+}
+
+// "--max-flf2v-count -1": Boost would read "-1" as an option; glue negative numbers to the
+// option that takes them.
+std::vector<std::string> glue_negative_values(int argc, const char* const* argv) {
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.rfind("--", 0) == 0 && arg.find('=') == std::string::npos && i + 1 < argc) {
+      std::string next = argv[i + 1];
+      const OptionSpec* spec = find_spec(arg.substr(2));
+      if (spec && !spec->flag && next.size() > 1 && next[0] == '-' &&
+          (std::isdigit(static_cast<unsigned char>(next[1])) || next[1] == '.')) {
+        args.push_back(arg + "=" + next);
+        ++i;
+        continue;
+      }
+    }
+    args.push_back(arg);
+  }
+  return args;
+}
+
+std::string resolve_config_path(const std::string& path) {
+  if (fs::exists(path)) return path;
+  std::vector<std::string> tries;
+  if (path.find('/') == std::string::npos) {
+    for (std::string dir : {std::string(BEATFARM_SOURCE_DIR) + "/configs"}) {
+      for (std::string name : {path, path + ".ini"}) {
+        tries.push_back(dir + "/" + name);
+        if (fs::exists(tries.back())) return tries.back();
+      }
+    }
+  }
+  throw InputError(str("--config '", path, "' does not exist"));
+}
+
+std::string trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t\r\n");
+  if (a == std::string::npos) return "";
+  size_t b = s.find_last_not_of(" \t\r\n");
+  return s.substr(a, b - a + 1);
+}
+
+}  // namespace
+
+Options parse_options(int argc, const char* const* argv) {
+  std::map<std::string, std::string> defaults;
+  po::options_description description = make_description(defaults);
+  po::variables_map vm;
+  Options options;
+  try {
+    std::vector<std::string> args = glue_negative_values(argc, argv);
+    po::store(po::command_line_parser(args).options(description).run(), vm);
+    po::store(po::parse_environment(description,
+                                    [&](const std::string& variable) -> std::string {
+                                      const std::string prefix = "BEATFARM_";
+                                      if (variable.rfind(prefix, 0) != 0) return "";
+                                      std::string name = variable.substr(prefix.size());
+                                      for (char& c : name) c = c == '_' ? '-' : char(std::tolower(c));
+                                      return find_spec(name) ? name : "";
+                                    }),
+              vm);
+    if (vm.count("config")) {
+      std::string path = resolve_config_path(vm["config"].as<std::string>());
+      std::ifstream in(path);
+      if (!in) throw InputError(str("--config '", path, "' is not readable"));
+      try {
+        po::store(po::parse_config_file(in, description, false), vm);
+      } catch (const po::error& e) {
+        throw InputError(str("config file '", path, "': ", e.what()));
+      }
+    }
+  } catch (const po::error& e) {
+    throw InputError(e.what());
+  }
+  std::ostringstream help;
+  help << "beatfarm " << BEATFARM_VERSION
+       << ": a render farm that turns a song into a beat-synchronized music video.\n\n"
+          "Usage: mpirun -np N beatfarm --audio SONG --output VIDEO.mp4 [options]\n"
+          "       beatfarm --resume WORK_DIR\n\n"
+          "Every option can also be set as BEATFARM_<NAME> (e.g. BEATFARM_PEAK_LEN=2.0) or in\n"
+          "an INI file given with --config.\n\n"
+       << description;
+  options.help_text = help.str();
+  options.help = vm.count("help") > 0;
+  options.version = vm.count("version") > 0;
+  for (const OptionSpec& spec : option_table()) {
+    if (!vm.count(spec.name)) continue;
+    spec.set(options, vm[spec.name].as<std::string>());
+    options.explicitly_set.insert(spec.name);
+  }
+  return options;
+}
+
+std::map<std::string, PromptStyle> parse_prompt_styles(const std::string& text,
+                                                       const std::string& origin) {
+  std::map<std::string, PromptStyle> styles;
+  std::istringstream in(text);
+  std::string line, section;
+  int line_number = 0;
+  while (std::getline(in, line)) {
+    ++line_number;
+    std::string t = trim(line);
+    if (t.empty() || t[0] == '#' || t[0] == ';') continue;
+    if (t.front() == '[') {
+      if (t.back() != ']') throw InputError(str(origin, ":", line_number, ": malformed section '", t, "'"));
+      section = trim(t.substr(1, t.size() - 2));
+      styles[section];
+      continue;
+    }
+    size_t eq = t.find('=');
+    if (eq == std::string::npos || section.empty())
+      throw InputError(str(origin, ":", line_number, ": expected 'key = value' inside a [style]"));
+    std::string key = trim(t.substr(0, eq)), value = trim(t.substr(eq + 1));
+    PromptStyle& style = styles[section];
+    if (key == "peak") style.peak = value;
+    else if (key == "transition") style.transition = value;
+    else if (key == "negative") style.negative = value;
+    else throw InputError(str(origin, ":", line_number, ": unknown key '", key, "' (peak, transition, negative)"));
+  }
+  for (const auto& [name, style] : styles)
+    if (style.peak.empty() || style.transition.empty())
+      throw InputError(str(origin, ": style [", name, "] needs both peak and transition prompts"));
+  if (styles.empty()) throw InputError(str(origin, ": no prompt styles defined"));
+  return styles;
+}
+
+std::map<std::string, PromptStyle> load_prompt_styles(const Options& options) {
+  if (options.styles_file.empty()) return parse_prompt_styles(kEmbeddedPromptStyles, "built-in prompt_styles.ini");
+  std::ifstream in(options.styles_file);
+  if (!in) throw InputError(str("--styles '", options.styles_file, "' does not exist or is not readable"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_prompt_styles(text.str(), options.styles_file);
+}
+
+void validate_options(Options& o) {
+  if (o.audio.empty()) throw InputError("--audio is required (the song to render a video for)");
+  if (o.output.empty()) throw InputError("--output is required (the video file to write)");
+  if (o.width <= 0 || o.width % 16 != 0)
+    throw InputError(str("--width ", o.width, " must be a positive multiple of 16"));
+  if (o.height <= 0 || o.height % 16 != 0)
+    throw InputError(str("--height ", o.height, " must be a positive multiple of 16"));
+  if (o.num_peak_clips <= 0) throw InputError(str("--num-peak-clips ", o.num_peak_clips, " must be positive"));
+  if (!(o.peak_len > 0)) throw InputError(str("--peak-len ", o.peak_len, " must be positive"));
+  if (o.batch_size <= 0) throw InputError(str("--batch-size ", o.batch_size, " must be positive"));
+  if (o.fps <= 0 || o.fps > 240) throw InputError(str("--fps ", o.fps, " must be between 1 and 240"));
+  if (std::llround(o.peak_len * o.fps) < 1)
+    throw InputError(str("--peak-len ", o.peak_len, " is shorter than one frame at --fps ", o.fps));
+  if (o.hybrid_threshold < 0) throw InputError(str("--hybrid-threshold ", o.hybrid_threshold, " must not be negative"));
+  if (o.max_flf2v_count < -1) throw InputError(str("--max-flf2v-count ", o.max_flf2v_count, " must be -1 (unlimited) or more"));
+  if (o.peak_thresh < 0 || o.peak_thresh > 1) throw InputError(str("--peak-thresh ", o.peak_thresh, " must be within 0..1"));
+  if (o.crf < 0 || o.crf > 51) throw InputError(str("--crf ", o.crf, " must be within 0..51"));
+  if (o.threads < 0) throw InputError(str("--threads ", o.threads, " must not be negative"));
+  if (o.audio_start < 0) throw InputError(str("--audio-start ", o.audio_start, " must not be negative"));
+  if (o.audio_end >= 0 && o.audio_end <= o.audio_start)
+    throw InputError(str("--audio-end ", o.audio_end, " must be after --audio-start ", o.audio_start));
+
+  auto styles = load_prompt_styles(o);
+  if (!styles.count(o.prompt_style)) {
+    std::string names;
+    for (const auto& [name, style] : styles) names += (names.empty() ? "" : "|") + name;
+    throw InputError(str("--prompt-style '", o.prompt_style, "' is not one of ", names));
+  }
+
+  // The output's folder must exist; the output itself must not be a folder.
+  fs::path output(o.output);
+  fs::path folder = output.parent_path().empty() ? fs::path(".") : output.parent_path();
+  if (!fs::is_directory(folder))
+    throw InputError(str("--output '", o.output, "': folder '", folder.string(), "' does not exist"));
+  if (fs::is_directory(output)) throw InputError(str("--output '", o.output, "' is a directory"));
+  if (access(folder.c_str(), W_OK) != 0)
+    throw InputError(str("--output '", o.output, "': folder '", folder.string(), "' is not writable"));
+
+  if (o.backend == "wan")
+    throw InputError(
+        "--backend wan: this build has no Wan runtime yet (it comes with the libtorch Wan "
+        "pipelines); render an animatic with --backend preview");
+
+  audio::AudioInfo info = audio::probe(o.audio);  // throws InputError naming the file
+  if (o.audio_start >= info.duration_seconds)
+    throw InputError(str("--audio-start ", o.audio_start, " is past the end of '", o.audio, "' (",
+                         info.duration_seconds, " s)"));
+  // A millisecond of slack: durations in containers are rounded.
+  if (o.audio_end > info.duration_seconds + 1e-3)
+    throw InputError(str("--audio-end ", o.audio_end, " is past the end of '", o.audio, "' (",
+                         info.duration_seconds, " s)"));
+  if (o.audio_end < 0) o.audio_end = info.duration_seconds;
+  o.audio_end = std::min(o.audio_end, info.duration_seconds);
+  if (std::llround((o.audio_end - o.audio_start) * o.fps) < 1)
+    throw InputError(str("the audio range ", o.audio_start, "..", o.audio_end, " s is shorter than one frame"));
+}
+
+plan::PlanOptions plan_options(const Options& o) {
+  auto styles = load_prompt_styles(o);
+  const PromptStyle& style = styles.at(o.prompt_style);
+  plan::PlanOptions p;
+  p.audio_start = o.audio_start;
+  p.audio_end = o.audio_end;
+  p.fps = o.fps;
+  p.width = o.width;
+  p.height = o.height;
+  p.mode = o.mode;
+  p.num_peak_clips = o.num_peak_clips;
+  p.peak_len = o.peak_len;
+  p.peak_thresh = o.peak_thresh;
+  p.interpolation_mode = o.interpolation_mode;
+  p.hybrid_threshold = o.hybrid_threshold;
+  p.max_flf2v_count = o.max_flf2v_count;
+  p.style = o.prompt_style;
+  p.peak_prompt = o.peak_prompt.empty() ? style.peak : o.peak_prompt;
+  p.transition_prompt = o.transition_prompt.empty() ? style.transition : o.transition_prompt;
+  p.negative_prompt = o.negative_prompt.empty() ? style.negative : o.negative_prompt;
+  p.seed = o.seed;
+  p.frames_4k_plus_1 = o.backend == "wan";
+  return p;
+}
+
+std::map<std::string, std::string> job_defining_values(const Options& o) {
+  static const char* names[] = {
+      "audio", "audio-start", "audio-end", "width", "height", "fps", "mode", "backend", "model",
+      "flf2v-model", "num-peak-clips", "peak-len", "peak-thresh", "interpolation-mode",
+      "hybrid-threshold", "max-flf2v-count", "prompt-style", "peak-prompt", "transition-prompt",
+      "negative-prompt", "seed"};
+  std::map<std::string, std::string> values;
+  for (const char* name : names) values[name] = find_spec(name)->get(o);
+  return values;
+}
+
+// Applies stored values (plan.json) onto options; used by --resume.
+void apply_values(Options& o, const std::map<std::string, std::string>& values) {
+  for (const auto& [name, value] : values)
+    if (const OptionSpec* spec = find_spec(name)) spec->set(o, value);
+}
+
+std::map<std::string, std::string> all_values(const Options& o) {
+  std::map<std::string, std::string> values;
+  for (const OptionSpec& spec : option_table())
+    if (std::string(spec.name) != "hf-token") values[spec.name] = spec.get(o);  // never stored
+  return values;
+}
+
+}  // namespace beatfarm::cli

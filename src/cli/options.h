@@ -1,0 +1,103 @@
+// The command line: every option of the reference tool (seed-cli.md) under its name and
+// default, plus beatfarm's own. Sources, strongest first: command line, BEATFARM_* environment
+// variables, --config INI file, defaults.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "plan/timeline.h"
+
+namespace beatfarm::cli {
+
+struct Options {
+  // Required
+  std::string audio;
+  std::string output;
+  // Video generation
+  std::string model = "Wan-AI/Wan2.2-T2V-A14B-Diffusers";
+  int width = 832;
+  int height = 480;
+  int num_peak_clips = 10;
+  double peak_len = 1.5;
+  int batch_size = 1;
+  // Interpolation
+  std::string interpolation_mode = "hybrid";
+  double hybrid_threshold = 1.5;
+  int max_flf2v_count = -1;
+  std::string flf2v_model = "Wan-AI/Wan2.1-FLF2V-14B-720P-Diffusers";
+  // Prompts
+  std::string prompt_style = "abstract";
+  std::string peak_prompt;
+  std::string transition_prompt;
+  std::string negative_prompt;
+  std::string styles_file;  // empty: the built-in copy of configs/prompt_styles.ini
+  // Beat detection
+  double peak_thresh = 0.5;
+  // Audio range
+  double audio_start = 0.0;
+  double audio_end = -1.0;  // < 0: to the end of the song
+  // Performance
+  std::string cpu_offload = "model";
+  std::string device_map;  // "" (single device) | "auto" | "balanced"
+  std::string hf_token;
+  std::string cache_dir;
+  bool local_files_only = false;
+  // beatfarm
+  std::string backend = "wan";
+  std::string mode = "per-clip";
+  int fps = 16;
+  uint64_t seed = 42;
+  std::string work_dir;
+  std::string resume;
+  std::string config;
+  int crf = 18;
+  std::string preset = "medium";
+  int threads = 0;  // compute threads per rank; 0: cores / ranks on this node
+  bool verbose = false;
+
+  // Filled by parsing
+  bool help = false;
+  bool version = false;
+  std::string help_text;
+  std::set<std::string> explicitly_set;  // option names given by the user (any source)
+};
+
+// Parses argv, the environment and --config. Throws InputError naming the option and value
+// for syntax errors, unknown options, bad numbers and unknown enum values. Does not touch
+// the filesystem except to read --config.
+Options parse_options(int argc, const char* const* argv);
+
+// One prompt style: the three prompts.
+struct PromptStyle {
+  std::string peak;
+  std::string transition;
+  std::string negative;
+};
+// Styles from an INI text (sections = style names). Throws InputError naming `origin`.
+std::map<std::string, PromptStyle> parse_prompt_styles(const std::string& text,
+                                                       const std::string& origin);
+// The styles of --styles FILE, or the built-in copy.
+std::map<std::string, PromptStyle> load_prompt_styles(const Options& options);
+
+// Checks what parse_options cannot: files exist and decode, the audio range fits the song,
+// sizes, counts and enum values. Resolves audio_end (< 0 -> the song's end). Throws
+// InputError naming the option and value.
+void validate_options(Options& options);
+
+// Plan inputs from the options (prompts resolved from the style).
+plan::PlanOptions plan_options(const Options& options);
+
+// Options that decide what is rendered: recorded in plan.json, compared on --resume.
+std::map<std::string, std::string> job_defining_values(const Options& options);
+
+}  // namespace beatfarm::cli
+
+namespace beatfarm::cli {
+// Every option's value as text (the token excepted), for plan.json and --resume.
+std::map<std::string, std::string> all_values(const Options& options);
+void apply_values(Options& options, const std::map<std::string, std::string>& values);
+}  // namespace beatfarm::cli

@@ -1,0 +1,129 @@
+#include <chrono>
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "farm/farm.h"
+#include "video/mp4_writer.h"
+
+namespace beatfarm::farm {
+
+namespace {
+
+// Quick-look clips beside the task files: small and fast, not the final quality.
+constexpr int kQuickLookCrf = 23;
+constexpr const char* kQuickLookPreset = "veryfast";
+
+double mean_strength(const analysis::BeatGrid& grid) {
+  if (grid.strengths.empty()) return 0.5;
+  double sum = 0.0;
+  for (double s : grid.strengths) sum += s;
+  return sum / grid.strengths.size();
+}
+
+}  // namespace
+
+bool task_file_matches(const WorkDir& work, const plan::Timeline& timeline, const plan::Task& task,
+                       const std::string& backend, std::string* why) {
+  std::string path = work.task_h5(task);
+  if (!store::is_complete_task_file(path, why)) return false;
+  try {
+    store::TaskAttrs attrs = store::read_task_attrs(path);
+    store::FramesShape shape = store::read_frames_shape(path);
+    auto fail = [&](const std::string& reason) {
+      if (why) *why = reason;
+      return false;
+    };
+    if (attrs.kind != plan::to_string(task.kind) || attrs.index != task.index)
+      return fail(str("it holds ", attrs.kind, " ", attrs.index));
+    if (attrs.seed != task.seed) return fail(str("its seed ", attrs.seed, " is not the plan's ", task.seed));
+    if (attrs.backend != backend) return fail(str("it was rendered by the ", attrs.backend, " backend"));
+    if (attrs.method != task.method) return fail(str("it was rendered with ", attrs.method));
+    if (shape.count != task.render_frames || shape.height != timeline.options.height ||
+        shape.width != timeline.options.width)
+      return fail(str("its frames are ", shape.count, "x", shape.height, "x", shape.width, ", expected ",
+                      task.render_frames, "x", timeline.options.height, "x", timeline.options.width));
+    return true;
+  } catch (const std::exception& e) {
+    if (why) *why = e.what();
+    return false;
+  }
+}
+
+double render_task(const plan::Timeline& timeline, const plan::Task& task, const WorkDir& work,
+                   render::Backend& backend, int rank, const std::string& host) {
+  const auto start = std::chrono::steady_clock::now();
+  const plan::PlanOptions& o = timeline.options;
+  auto progress = [&](int done, int total, double seconds) {
+    log_debug(task.name, " ", done, "/", total, " frames, ", seconds, " s");
+  };
+  FrameStack frames;
+  if (task.kind == plan::TaskKind::Peak) {
+    render::PeakRequest request;
+    request.name = task.name;
+    request.frames = task.render_frames;
+    request.width = o.width;
+    request.height = o.height;
+    request.fps = o.fps;
+    request.style = o.style;
+    request.prompt = task.prompt;
+    request.negative_prompt = task.negative_prompt;
+    request.seed = task.seed;
+    request.pulses = task.pulses;
+    request.energy = mean_strength(timeline.grid);
+    frames = backend.render_peak(request, progress);
+  } else {
+    render::TransitionRequest request;
+    request.name = task.name;
+    request.frames = task.render_frames;
+    request.fps = o.fps;
+    request.method = task.method;
+    request.prompt = task.prompt;
+    request.negative_prompt = task.negative_prompt;
+    request.seed = task.seed;
+    request.pulses = task.pulses;
+    request.from = store::read_task_frame(work.task_h5(timeline.tasks.at(task.from.task)), task.from.frame);
+    request.to = store::read_task_frame(work.task_h5(timeline.tasks.at(task.to.task)), task.to.frame);
+    frames = backend.render_transition(request, progress);
+  }
+  if (frames.count != task.render_frames || frames.height != o.height || frames.width != o.width)
+    throw Error(str(task.name, ": the ", backend.name(), " backend returned ", frames.count, "x",
+                    frames.height, "x", frames.width, " frames, expected ", task.render_frames, "x",
+                    o.height, "x", o.width));
+  const double render_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  store::TaskAttrs attrs;
+  attrs.kind = plan::to_string(task.kind);
+  attrs.index = task.index;
+  attrs.t_start = task.t_start;
+  attrs.t_end = task.t_end;
+  attrs.fps = o.fps;
+  attrs.method = task.method;
+  attrs.prompt = task.prompt;
+  attrs.negative_prompt = task.negative_prompt;
+  attrs.seed = task.seed;
+  attrs.model = backend.model_id();
+  attrs.steps = backend.steps();
+  attrs.backend = backend.name();
+  attrs.rank = rank;
+  attrs.host = host;
+  attrs.render_seconds = render_seconds;
+
+  // The quick look first: the .h5 is the commit point that marks the task done.
+  video::EncodeOptions quick;
+  quick.width = o.width;
+  quick.height = o.height;
+  quick.fps = o.fps;
+  quick.crf = kQuickLookCrf;
+  quick.preset = kQuickLookPreset;
+  quick.threads = 1;  // ranks share the node's cores
+  video::Mp4Writer writer(work.task_mp4(task), quick, nullptr);
+  for (int t = 0; t < frames.count; ++t) writer.write_frame(frames.frame(t));
+  writer.finish();
+  store::write_task_file(work.task_h5(task), frames, attrs);
+
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace beatfarm::farm

@@ -1,0 +1,31 @@
+// Paths inside a job's work dir (layout in DESIGN.md).
+#pragma once
+
+#include <string>
+
+#include "plan/timeline.h"
+
+namespace beatfarm::farm {
+
+struct WorkDir {
+  std::string root;
+
+  std::string plan_json() const { return root + "/plan.json"; }
+  std::string report_json() const { return root + "/report.json"; }
+  std::string logs() const { return root + "/logs"; }
+  std::string rank_log(int rank) const { return logs() + "/rank_" + std::to_string(rank) + ".log"; }
+  std::string segments() const { return root + "/segments_processed"; }
+  std::string task_h5(const plan::Task& task) const { return root + "/" + task.name + ".h5"; }
+  std::string task_mp4(const plan::Task& task) const { return root + "/" + task.name + ".mp4"; }
+
+  // Creates root, logs/ and segments_processed/.
+  void create() const;
+};
+
+// work_YYYYMMDD_HHMMSS (local time).
+std::string default_work_dir_name();
+
+// Writes text to path atomically (path.tmp + rename).
+void write_file_atomically(const std::string& path, const std::string& text);
+
+}  // namespace beatfarm::farm

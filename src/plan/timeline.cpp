@@ -1,0 +1,404 @@
+#include "plan/timeline.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "common/error.h"
+
+namespace beatfarm::plan {
+namespace {
+
+// A downbeat of equal strength wins a slot over an off-bar beat.
+constexpr double kDownbeatBonus = 0.25;
+// Tolerance for comparing times that come from sums of doubles.
+constexpr double kTimeEpsilon = 1e-9;
+
+// Relative cost of one rendered pixel-frame per method, for longest-first dispatch.
+double method_cost(const std::string& method) {
+  if (method == "t2v" || method == "flf2v") return 1.0;
+  return 0.05;  // interpolation is cheap next to diffusion
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+std::string numbered(const char* stem, int index) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%s_%04d", stem, index);
+  return buffer;
+}
+
+// Strong beats, spaced so that every clip ends before the next starts.
+std::vector<Slot> choose_slots(const analysis::BeatGrid& grid, const PlanOptions& options) {
+  struct Candidate {
+    double beat, strength, score;
+    bool downbeat;
+  };
+  std::vector<Candidate> candidates;
+  for (size_t i = 0; i < grid.beats.size(); ++i) {
+    double beat = grid.beats[i];
+    double strength = i < grid.strengths.size() ? grid.strengths[i] : 0.0;
+    bool downbeat = i < grid.positions.size() && grid.positions[i] == 1;
+    if (strength + kTimeEpsilon < options.peak_thresh) continue;
+    if (beat < options.audio_start - kTimeEpsilon) continue;
+    if (beat + options.peak_len > options.audio_end + kTimeEpsilon) continue;
+    candidates.push_back({beat, strength, strength + (downbeat ? kDownbeatBonus : 0.0), downbeat});
+  }
+  // Best first; ties go to the earlier beat so the choice is deterministic.
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
+  std::vector<Candidate> accepted;
+  for (const Candidate& c : candidates) {
+    bool fits = std::all_of(accepted.begin(), accepted.end(), [&](const Candidate& a) {
+      return std::abs(a.beat - c.beat) + kTimeEpsilon >= options.peak_len;
+    });
+    if (fits) accepted.push_back(c);
+  }
+  std::sort(accepted.begin(), accepted.end(),
+            [](const Candidate& a, const Candidate& b) { return a.beat < b.beat; });
+  std::vector<Slot> slots;
+  for (const Candidate& c : accepted) {
+    Slot slot;
+    slot.beat = c.beat;
+    slot.strength = c.strength;
+    slot.downbeat = c.downbeat;
+    slot.start_frame = frame_of(c.beat, options.audio_start, options.fps);
+    slot.end_frame = frame_of(c.beat + options.peak_len, options.audio_start, options.fps);
+    slots.push_back(slot);
+  }
+  return slots;
+}
+
+// Pool clip per slot: seeded shuffles of the pool, concatenated, never the same clip twice
+// in a row (when the pool has more than one clip).
+void assign_clips(std::vector<Slot>& slots, int pool_size, uint64_t seed) {
+  std::mt19937_64 rng(splitmix64(seed ^ 0x5107A55161ull));
+  std::vector<int> order;
+  int previous = -1;
+  size_t next = 0;
+  for (Slot& slot : slots) {
+    if (next == order.size()) {
+      order.resize(pool_size);
+      std::iota(order.begin(), order.end(), 0);
+      std::shuffle(order.begin(), order.end(), rng);
+      if (pool_size > 1 && order[0] == previous) std::swap(order[0], order[1]);
+      next = 0;
+    }
+    slot.clip = order[next++];
+    previous = slot.clip;
+  }
+}
+
+// Beats inside [t0, t1), as offsets from `origin`.
+std::vector<render::Pulse> pulses_in(const analysis::BeatGrid& grid, double t0, double t1,
+                                     double origin) {
+  std::vector<render::Pulse> pulses;
+  for (size_t i = 0; i < grid.beats.size(); ++i) {
+    double beat = grid.beats[i];
+    if (beat < t0 - kTimeEpsilon || beat >= t1 - kTimeEpsilon) continue;
+    render::Pulse pulse;
+    pulse.offset_seconds = beat - origin;
+    pulse.strength = i < grid.strengths.size() ? grid.strengths[i] : 0.0;
+    pulse.downbeat = i < grid.positions.size() && grid.positions[i] == 1;
+    pulses.push_back(pulse);
+  }
+  return pulses;
+}
+
+}  // namespace
+
+const char* to_string(TaskKind kind) {
+  switch (kind) {
+    case TaskKind::Peak: return "peak";
+    case TaskKind::Transition: return "transition";
+    case TaskKind::Loop: return "loop";
+  }
+  return "?";
+}
+
+TaskKind task_kind_from_string(const std::string& name) {
+  if (name == "peak") return TaskKind::Peak;
+  if (name == "transition") return TaskKind::Transition;
+  if (name == "loop") return TaskKind::Loop;
+  throw Error(str("unknown task kind '", name, "'"));
+}
+
+int frame_of(double t, double audio_start, int fps) {
+  return static_cast<int>(std::llround((t - audio_start) * fps));
+}
+
+uint64_t task_seed(uint64_t job_seed, const std::string& task_name) {
+  uint64_t hash = 0xCBF29CE484222325ull;  // FNV-1a of the name
+  for (unsigned char c : task_name) hash = (hash ^ c) * 0x100000001B3ull;
+  // Keep it in 63 bits: some generators take a signed seed.
+  return splitmix64(job_seed ^ splitmix64(hash)) & 0x7FFFFFFFFFFFFFFFull;
+}
+
+int next_4k_plus_1(int n) {
+  if (n <= 1) return 1;
+  return ((n - 1 + 3) / 4) * 4 + 1;
+}
+
+int source_frame(const Segment& segment, const Task& task, int k) {
+  if (segment.kind == "peak") return segment.src_start + k;
+  int j = segment.src_start + k;       // index in the retimed sequence
+  int n = segment.retime_length;       // retimed length
+  int m = task.render_frames;          // rendered length
+  if (n == m) return j;
+  // Both sequences sit strictly between the boundary frames: position (j+1)/(n+1).
+  long long source = std::llround(double(j + 1) * (m + 1) / (n + 1)) - 1;
+  return static_cast<int>(std::clamp<long long>(source, 0, m - 1));
+}
+
+Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& options) {
+  if (options.fps <= 0) throw InputError(str("--fps ", options.fps, " must be positive"));
+  if (!(options.audio_end > options.audio_start))
+    throw InputError(str("--audio-end ", options.audio_end, " must be after --audio-start ",
+                         options.audio_start));
+  if (std::llround(options.peak_len * options.fps) < 1)
+    throw InputError(str("--peak-len ", options.peak_len, " is shorter than one frame at --fps ",
+                         options.fps));
+
+  Timeline timeline;
+  timeline.options = options;
+  timeline.grid = grid;
+  timeline.total_frames = frame_of(options.audio_end, options.audio_start, options.fps);
+  timeline.slots = choose_slots(grid, options);
+  if (timeline.slots.empty()) {
+    double strongest = 0.0;
+    for (size_t i = 0; i < grid.beats.size() && i < grid.strengths.size(); ++i)
+      if (grid.beats[i] >= options.audio_start && grid.beats[i] < options.audio_end)
+        strongest = std::max(strongest, grid.strengths[i]);
+    if (grid.beats.empty())
+      throw InputError(str("no beats were found between --audio-start ", options.audio_start,
+                           " and --audio-end ", options.audio_end,
+                           " s: nothing to place peak clips on"));
+    throw InputError(str("no beat reaches --peak-thresh ", options.peak_thresh,
+                         " with room for a --peak-len ", options.peak_len,
+                         " s clip (strongest beat: ", strongest, "); lower --peak-thresh or --peak-len"));
+  }
+  std::vector<Slot>& slots = timeline.slots;
+
+  const bool sliced = options.mode == "sliced";
+  const int pool_size = sliced ? options.num_peak_clips
+                               : std::min<int>(options.num_peak_clips, int(slots.size()));
+  assign_clips(slots, pool_size, options.seed);
+
+  int clip_frames = 0;  // the longest placement decides how long each clip must be
+  for (const Slot& slot : slots) clip_frames = std::max(clip_frames, slot.end_frame - slot.start_frame);
+  const double pixels = double(options.width) * options.height;
+  auto render_count = [&](int frames, const std::string& method) {
+    bool generated = method == "t2v" || method == "flf2v";
+    return options.frames_4k_plus_1 && generated ? next_4k_plus_1(frames) : frames;
+  };
+
+  std::vector<Task>& tasks = timeline.tasks;
+  auto first_slot_of = [&](int clip) -> const Slot& {
+    for (const Slot& slot : slots)
+      if (slot.clip == clip) return slot;
+    return slots.front();
+  };
+
+  // Peak tasks and the clip pool.
+  if (sliced) {
+    Task task;
+    task.id = 0;
+    task.name = numbered("peak", 0);
+    task.kind = TaskKind::Peak;
+    task.frames = clip_frames * pool_size;
+    task.render_frames = render_count(task.frames, "t2v");
+    task.t_start = slots.front().beat;
+    task.t_end = task.t_start + options.peak_len * pool_size;
+    task.method = "t2v";
+    task.prompt = options.peak_prompt;
+    task.negative_prompt = options.negative_prompt;
+    task.seed = task_seed(options.seed, task.name);
+    // Every slice starts on a strong beat of the timeline.
+    double period = grid.tempo_bpm > 0 ? 60.0 / grid.tempo_bpm : options.peak_len;
+    for (int c = 0; c < pool_size; ++c) {
+      double slice_start = double(c * clip_frames) / options.fps;
+      for (double t = 0.0; t < double(clip_frames) / options.fps - kTimeEpsilon; t += period)
+        if (c > 0 || t > 0) task.pulses.push_back({slice_start + t, t == 0 ? 1.0 : 0.5, t == 0});
+    }
+    task.cost = task.render_frames * pixels * method_cost("t2v");
+    tasks.push_back(task);
+    for (int c = 0; c < pool_size; ++c) timeline.pool.push_back({0, c * clip_frames, clip_frames});
+  } else {
+    for (int c = 0; c < pool_size; ++c) {
+      const Slot& first = first_slot_of(c);
+      Task task;
+      task.id = int(tasks.size());
+      task.name = numbered("peak", c);
+      task.kind = TaskKind::Peak;
+      task.index = c;
+      task.frames = clip_frames;
+      task.render_frames = render_count(clip_frames, "t2v");
+      task.t_start = first.beat;
+      task.t_end = first.beat + options.peak_len;
+      task.method = "t2v";
+      task.prompt = options.peak_prompt;
+      task.negative_prompt = options.negative_prompt;
+      task.seed = task_seed(options.seed, task.name);
+      for (const render::Pulse& p : pulses_in(grid, first.beat, first.beat + options.peak_len, first.beat))
+        if (p.offset_seconds > kTimeEpsilon) task.pulses.push_back(p);
+      task.cost = task.render_frames * pixels * method_cost("t2v");
+      tasks.push_back(task);
+      timeline.pool.push_back({task.id, 0, clip_frames});
+    }
+  }
+
+  auto method_for = [&](double seconds) -> std::string {
+    if (options.interpolation_mode == "flf2v") return "flf2v";
+    if (options.interpolation_mode == "bim") return "bim";
+    return seconds + kTimeEpsilon >= options.hybrid_threshold ? "flf2v" : "bim";
+  };
+  auto last_shown = [&](const Slot& slot) {
+    const PoolClip& clip = timeline.pool[slot.clip];
+    return FrameRef{clip.task, clip.first_frame + (slot.end_frame - slot.start_frame) - 1};
+  };
+  auto first_shown = [&](const Slot& slot) {
+    const PoolClip& clip = timeline.pool[slot.clip];
+    return FrameRef{clip.task, clip.first_frame};
+  };
+  auto add_gap_task = [&](TaskKind kind, int index, int frames, double seconds, const Slot& before,
+                          const Slot& after) -> Task& {
+    Task task;
+    task.id = int(tasks.size());
+    task.name = numbered(kind == TaskKind::Loop ? "loop" : "transition", index);
+    task.kind = kind;
+    task.index = index;
+    task.frames = frames;
+    task.method = method_for(seconds);
+    task.prompt = options.transition_prompt;
+    task.negative_prompt = options.negative_prompt;
+    task.seed = task_seed(options.seed, task.name);
+    task.from = last_shown(before);
+    task.to = first_shown(after);
+    task.deps = {task.from.task};
+    if (task.to.task != task.from.task) task.deps.push_back(task.to.task);
+    tasks.push_back(task);
+    return tasks.back();
+  };
+
+  // Transitions between consecutive slots, and the wrap-around loop.
+  std::vector<int> gap_tasks;
+  std::vector<double> gap_seconds;
+  std::vector<int> transition_after(slots.size(), -1);
+  int transition_count = 0;
+  for (size_t i = 0; i + 1 < slots.size(); ++i) {
+    int frames = slots[i + 1].start_frame - slots[i].end_frame;
+    if (frames < 1) continue;  // clips touch: a straight cut on the beat
+    double t0 = slots[i].beat + options.peak_len;
+    double seconds = slots[i + 1].beat - t0;
+    Task& task = add_gap_task(TaskKind::Transition, transition_count++, frames, seconds, slots[i],
+                              slots[i + 1]);
+    task.t_start = t0;
+    task.t_end = slots[i + 1].beat;
+    double origin = options.audio_start + double(slots[i].end_frame) / options.fps;
+    task.pulses = pulses_in(grid, t0, task.t_end, origin);
+    transition_after[i] = task.id;
+    gap_tasks.push_back(task.id);
+    gap_seconds.push_back(seconds);
+  }
+  const Slot& first = slots.front();
+  const Slot& last = slots.back();
+  int tail_frames = timeline.total_frames - last.end_frame;
+  int head_frames = first.start_frame;
+  int loop_task = -1;
+  if (tail_frames + head_frames >= 1) {
+    double tail_start = last.beat + options.peak_len;
+    double seconds = (options.audio_end - tail_start) + (first.beat - options.audio_start);
+    Task& task = add_gap_task(TaskKind::Loop, 0, tail_frames + head_frames, seconds, last, first);
+    task.t_start = tail_start;  // runs to the end, then on from audio_start to the first beat
+    task.t_end = first.beat;
+    double origin = options.audio_start + double(last.end_frame) / options.fps;
+    task.pulses = pulses_in(grid, tail_start, options.audio_end, origin);
+    double head_origin = options.audio_start - double(tail_frames) / options.fps;
+    for (render::Pulse p : pulses_in(grid, options.audio_start, first.beat, head_origin))
+      task.pulses.push_back(p);
+    loop_task = task.id;
+    gap_tasks.push_back(task.id);
+    gap_seconds.push_back(seconds);
+  }
+
+  // --max-flf2v-count: the longest gaps keep FLF2V, the rest are interpolated.
+  if (options.max_flf2v_count >= 0) {
+    std::vector<size_t> flf2v;
+    for (size_t g = 0; g < gap_tasks.size(); ++g)
+      if (tasks[gap_tasks[g]].method == "flf2v") flf2v.push_back(g);
+    std::stable_sort(flf2v.begin(), flf2v.end(),
+                     [&](size_t a, size_t b) { return gap_seconds[a] > gap_seconds[b]; });
+    for (size_t k = size_t(options.max_flf2v_count); k < flf2v.size(); ++k)
+      tasks[gap_tasks[flf2v[k]]].method = "bim";
+  }
+  for (int id : gap_tasks) {
+    Task& task = tasks[id];
+    task.render_frames = render_count(task.frames, task.method);
+    task.cost = task.render_frames * pixels * method_cost(task.method);
+  }
+
+  // Segments in output order.
+  auto add_segment = [&](const std::string& kind, int task, int out_start, int count,
+                         int src_start, int retime_length) {
+    if (count > 0) timeline.segments.push_back({kind, task, out_start, count, src_start, retime_length});
+  };
+  if (loop_task >= 0) add_segment("loop_head", loop_task, 0, head_frames, tail_frames, tail_frames + head_frames);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const Slot& slot = slots[i];
+    const PoolClip& clip = timeline.pool[slot.clip];
+    add_segment("peak", clip.task, slot.start_frame, slot.end_frame - slot.start_frame,
+                clip.first_frame, 0);
+    if (transition_after[i] >= 0) {
+      const Task& task = tasks[transition_after[i]];
+      add_segment("transition", task.id, slot.end_frame, task.frames, 0, task.frames);
+    }
+  }
+  if (loop_task >= 0) add_segment("loop_tail", loop_task, last.end_frame, tail_frames, 0, tail_frames + head_frames);
+
+  validate_timeline(timeline);
+  return timeline;
+}
+
+void validate_timeline(const Timeline& timeline) {
+  const auto& tasks = timeline.tasks;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const Task& task = tasks[i];
+    if (task.id != int(i)) throw Error(str("plan: task ", task.name, " has id ", task.id, " at ", i));
+    if (task.render_frames < task.frames || task.frames < 1)
+      throw Error(str("plan: task ", task.name, " has ", task.render_frames, " render frames for ",
+                      task.frames, " frames"));
+    for (int dep : task.deps)
+      if (dep < 0 || dep >= int(i)) throw Error(str("plan: task ", task.name, " depends on ", dep));
+    for (const FrameRef* ref : {&task.from, &task.to}) {
+      if (task.kind == TaskKind::Peak) continue;
+      if (ref->task < 0 || ref->task >= int(tasks.size()) ||
+          tasks[ref->task].kind != TaskKind::Peak || ref->frame < 0 ||
+          ref->frame >= tasks[ref->task].frames)
+        throw Error(str("plan: task ", task.name, " refers to a frame outside its peak clips"));
+    }
+  }
+  int expected = 0;
+  for (const Segment& segment : timeline.segments) {
+    if (segment.out_start != expected)
+      throw Error(str("plan: segment of ", tasks.at(segment.task).name, " starts at frame ",
+                      segment.out_start, ", expected ", expected));
+    const Task& task = tasks.at(segment.task);
+    for (int k : {0, segment.count - 1}) {
+      int source = source_frame(segment, task, k);
+      if (source < 0 || source >= task.render_frames)
+        throw Error(str("plan: segment of ", task.name, " reads frame ", source, " of ",
+                        task.render_frames));
+    }
+    expected += segment.count;
+  }
+  if (expected != timeline.total_frames)
+    throw Error(str("plan: segments cover ", expected, " frames of ", timeline.total_frames));
+}
+
+}  // namespace beatfarm::plan

@@ -1,0 +1,128 @@
+// The plan of one job: where peak clips sit, which tasks render what, and how the output
+// frames are assembled from the rendered tasks. Pure data, built by plan::make_timeline.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "analysis/beat_grid.h"
+#include "render/backend.h"
+
+namespace beatfarm::plan {
+
+enum class TaskKind { Peak, Transition, Loop };
+const char* to_string(TaskKind kind);
+TaskKind task_kind_from_string(const std::string& name);
+
+// A frame of a rendered task.
+struct FrameRef {
+  int task = -1;
+  int frame = 0;
+};
+
+struct Task {
+  int id = 0;             // index into Timeline::tasks
+  std::string name;       // "peak_0000", "transition_0003", "loop_0000": file stem in the work dir
+  TaskKind kind = TaskKind::Peak;
+  int index = 0;          // per-kind index
+  int frames = 0;         // frames the task fills on the timeline (a pool clip: its longest use)
+  int render_frames = 0;  // frames the backend renders and the HDF5 file holds (>= frames;
+                          //   4k+1 for Wan); assembly trims or retimes them
+  double t_start = 0.0;   // seconds, song clock: the span the task covers on the timeline
+  double t_end = 0.0;     //   (a pool peak clip: its first placement)
+  std::string method;     // "t2v" | "flf2v" | "bim"
+  std::string prompt;
+  std::string negative_prompt;
+  uint64_t seed = 0;
+  FrameRef from;  // transitions: last frame shown before the gap
+  FrameRef to;    //              first frame shown after it
+  std::vector<int> deps;                // tasks that must be done first
+  std::vector<render::Pulse> pulses;    // beats inside the span (offsets from t_start)
+  double cost = 0.0;                    // relative render cost, for longest-first dispatch
+};
+
+// One placement of a peak clip on a strong beat.
+struct Slot {
+  double beat = 0.0;     // seconds, song clock
+  double strength = 0.0;
+  bool downbeat = false;
+  int start_frame = 0;   // output frame = round((beat - audio_start) * fps)
+  int end_frame = 0;     // exclusive: round((beat + peak_len - audio_start) * fps)
+  int clip = 0;          // index into the clip pool
+};
+
+// A clip of the pool: frames [first_frame, first_frame + frames) of a peak task.
+struct PoolClip {
+  int task = 0;
+  int first_frame = 0;
+  int frames = 0;
+};
+
+// Output frames [out_start, out_start + count) come from `task`.
+// Peaks: source frame src_start + k (trimmed, natural speed).
+// Transitions and the loop: the task's render_frames are retimed to retime_length evenly
+// spaced frames (identity when equal); output frame k shows retimed frame src_start + k.
+// The loop's tail segment (end of the video) and head segment (start) share one task.
+struct Segment {
+  std::string kind;  // "peak" | "transition" | "loop_tail" | "loop_head"
+  int task = 0;
+  int out_start = 0;
+  int count = 0;
+  int src_start = 0;
+  int retime_length = 0;  // transitions: length of the retimed sequence
+};
+
+// Source frame of output frame k (0 <= k < segment.count) of a segment.
+int source_frame(const Segment& segment, const Task& task, int k);
+
+struct PlanOptions {
+  double audio_start = 0.0;
+  double audio_end = 0.0;  // resolved, > audio_start
+  int fps = 16;
+  int width = 832;
+  int height = 480;
+  std::string mode = "per-clip";  // "per-clip" | "sliced"
+  int num_peak_clips = 10;
+  double peak_len = 1.5;
+  double peak_thresh = 0.5;
+  std::string interpolation_mode = "hybrid";  // "hybrid" | "flf2v" | "bim"
+  double hybrid_threshold = 1.5;
+  int max_flf2v_count = -1;
+  std::string style = "abstract";
+  std::string peak_prompt;
+  std::string transition_prompt;
+  std::string negative_prompt;
+  uint64_t seed = 42;
+  // Frame counts a generator can produce: 4k+1 for Wan, any for preview.
+  bool frames_4k_plus_1 = false;
+};
+
+struct Timeline {
+  PlanOptions options;
+  analysis::BeatGrid grid;
+  int total_frames = 0;
+  std::vector<Slot> slots;
+  std::vector<PoolClip> pool;
+  std::vector<Task> tasks;
+  std::vector<Segment> segments;  // in output order, covering [0, total_frames) exactly
+};
+
+// Frame of time t (song clock): round((t - audio_start) * fps), from the absolute time.
+int frame_of(double t, double audio_start, int fps);
+
+// The seed of a task: from the job seed and the task's name, never from the rank.
+uint64_t task_seed(uint64_t job_seed, const std::string& task_name);
+
+// The smallest 4k+1 >= n.
+int next_4k_plus_1(int n);
+
+// Builds the whole plan. Throws InputError when the song gives no peak slot (naming the
+// strongest beat and --peak-thresh).
+Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& options);
+
+// Checks the invariants (segments tile the output, deps point backwards, refs in range);
+// throws Error naming the first violation. make_timeline's result always passes.
+void validate_timeline(const Timeline& timeline);
+
+}  // namespace beatfarm::plan

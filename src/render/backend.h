@@ -1,0 +1,67 @@
+// A renderer turns one planned task into frames. Backends: "preview" (procedural, no
+// weights) here; "wan" (libtorch Wan pipelines) plugs in behind the same interface.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/frames.h"
+
+namespace beatfarm::render {
+
+// A beat inside the rendered span: offset from the span's first frame, in seconds.
+struct Pulse {
+  double offset_seconds = 0.0;
+  double strength = 0.0;  // 0..1
+  bool downbeat = false;
+};
+
+struct PeakRequest {
+  std::string name;  // "peak_0003", for logs
+  int frames = 0;    // frames to produce
+  int width = 0;
+  int height = 0;
+  int fps = 16;
+  std::string style;  // prompt style name ("abstract", ...), may be "custom"
+  std::string prompt;
+  std::string negative_prompt;
+  uint64_t seed = 0;
+  // Beats the clip will be shown against: frame 0 is on a strong beat; more pulses
+  // follow at the song's beat period.
+  std::vector<Pulse> pulses;
+  double energy = 0.5;  // mean beat strength of the song, 0..1: overall motion speed
+};
+
+struct TransitionRequest {
+  std::string name;  // "transition_0002" / "loop_0000"
+  int frames = 0;    // frames strictly between `from` and `to`
+  int fps = 16;
+  std::string method;  // "flf2v" | "bim" | ...
+  std::string prompt;
+  std::string negative_prompt;
+  uint64_t seed = 0;
+  Frame from;  // last frame shown before the transition
+  Frame to;    // first frame shown after it
+  std::vector<Pulse> pulses;  // beats inside the transition's span
+};
+
+// (done, total, seconds so far): called between frames or denoising steps.
+using ProgressFn = std::function<void(int, int, double)>;
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  // Model identifier recorded in task files ("preview-procedural-v1", a model id, ...).
+  virtual std::string model_id() const = 0;
+  virtual int steps() const = 0;
+  virtual FrameStack render_peak(const PeakRequest& request, const ProgressFn& progress) = 0;
+  virtual FrameStack render_transition(const TransitionRequest& request,
+                                       const ProgressFn& progress) = 0;
+};
+
+}  // namespace beatfarm::render

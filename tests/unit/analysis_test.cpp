@@ -1,0 +1,251 @@
+// Beat grid analysis on synthetic click tracks and degenerate inputs.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "analysis/beat_grid.h"
+#include "test_util.h"
+
+namespace beatfarm::analysis {
+namespace {
+
+// Beat times must land this close to the clicks (cuts are frame-accurate at 30 fps).
+constexpr double kBeatTolerance = 0.030;
+// Tempo must be right to within this fraction (and so never an octave off).
+constexpr double kTempoTolerance = 0.02;
+constexpr int kRate = kAnalysisSampleRate;
+constexpr double kFirstBeat = 0.5;
+
+audio::Pcm make_pcm(std::vector<float> samples, int rate = kRate, int channels = 1,
+                    double start = 0.0) {
+  audio::Pcm pcm;
+  pcm.samples = std::move(samples);
+  pcm.sample_rate = rate;
+  pcm.channels = channels;
+  pcm.start_seconds = start;
+  return pcm;
+}
+
+// Click times test::click_track places for a track of `seconds`.
+std::vector<double> click_times(double seconds, double bpm) {
+  std::vector<double> times;
+  for (int k = 0;; ++k) {
+    double t = kFirstBeat + k * 60.0 / bpm;
+    if (t >= seconds) break;
+    times.push_back(t);
+  }
+  return times;
+}
+
+// Index of the reference time nearest to t.
+size_t nearest(const std::vector<double>& reference, double t) {
+  size_t best = 0;
+  for (size_t i = 1; i < reference.size(); ++i)
+    if (std::abs(reference[i] - t) < std::abs(reference[best] - t)) best = i;
+  return best;
+}
+
+void expect_consistent(const BeatGrid& grid) {
+  ASSERT_EQ(grid.positions.size(), grid.beats.size());
+  ASSERT_EQ(grid.strengths.size(), grid.beats.size());
+  for (size_t i = 1; i < grid.beats.size(); ++i) EXPECT_LT(grid.beats[i - 1], grid.beats[i]);
+  std::vector<double> downbeats;
+  for (size_t i = 0; i < grid.beats.size(); ++i) {
+    EXPECT_GE(grid.positions[i], 1);
+    EXPECT_LE(grid.positions[i], grid.meter);
+    EXPECT_GE(grid.strengths[i], 0.0);
+    EXPECT_LE(grid.strengths[i], 1.0);
+    if (grid.positions[i] == 1) downbeats.push_back(grid.beats[i]);
+    if (i > 0) EXPECT_EQ(grid.positions[i], grid.positions[i - 1] % grid.meter + 1);
+  }
+  EXPECT_EQ(grid.downbeats, downbeats);
+}
+
+struct ClickCase {
+  double bpm;
+  int meter;
+};
+
+class ClickTrackTest : public ::testing::TestWithParam<ClickCase> {};
+
+TEST_P(ClickTrackTest, FindsTempoBeatsMeterAndDownbeats) {
+  const ClickCase& c = GetParam();
+  const double seconds = 30.0;
+  BeatGrid grid = analyze(make_pcm(test::click_track(seconds, kRate, c.bpm, c.meter, kFirstBeat)));
+  expect_consistent(grid);
+  std::vector<double> truth = click_times(seconds, c.bpm);
+
+  EXPECT_NEAR(grid.tempo_bpm, c.bpm, kTempoTolerance * c.bpm);
+  EXPECT_EQ(grid.meter, c.meter);
+  // Every click is found (the last may be cut short by the end of the track) ...
+  ASSERT_GE(grid.beats.size(), truth.size() - 1);
+  ASSERT_LE(grid.beats.size(), truth.size());
+  // ... at the right time, and the loud clicks are the downbeats.
+  for (size_t i = 0; i < grid.beats.size(); ++i) {
+    size_t k = nearest(truth, grid.beats[i]);
+    EXPECT_NEAR(grid.beats[i], truth[k], kBeatTolerance) << "beat " << i;
+    EXPECT_EQ(grid.positions[i], int(k % c.meter) + 1) << "beat " << i;
+  }
+  ASSERT_FALSE(grid.beats.empty());
+  EXPECT_NEAR(grid.beats.front(), truth.front(), kBeatTolerance);
+
+  // Downbeat clicks are louder: every downbeat is stronger than every other beat.
+  double weakest_downbeat = 1.0, strongest_other = 0.0;
+  for (size_t i = 0; i < grid.beats.size(); ++i) {
+    if (grid.positions[i] == 1)
+      weakest_downbeat = std::min(weakest_downbeat, grid.strengths[i]);
+    else
+      strongest_other = std::max(strongest_other, grid.strengths[i]);
+  }
+  EXPECT_GT(weakest_downbeat, strongest_other);
+  EXPECT_GT(weakest_downbeat, 0.5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tempi, ClickTrackTest,
+                         ::testing::Values(ClickCase{90.0, 4}, ClickCase{120.0, 4},
+                                           ClickCase{140.0, 4}, ClickCase{100.0, 3}),
+                         [](const ::testing::TestParamInfo<ClickCase>& info) {
+                           return "bpm" + std::to_string(int(info.param.bpm)) + "_meter" +
+                                  std::to_string(info.param.meter);
+                         });
+
+TEST(AnalysisTest, SilenceGivesNoBeats) {
+  BeatGrid grid;
+  EXPECT_NO_THROW(grid = analyze(make_pcm(std::vector<float>(10 * kRate, 0.0f))));
+  EXPECT_TRUE(grid.beats.empty());
+  EXPECT_TRUE(grid.downbeats.empty());
+  EXPECT_TRUE(grid.strengths.empty());
+}
+
+TEST(AnalysisTest, NoiseWithoutPulseGivesNoBeats) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> noise(0.0f, 0.2f);
+  std::vector<float> samples(10 * kRate);
+  for (float& s : samples) s = noise(rng);
+  BeatGrid grid;
+  EXPECT_NO_THROW(grid = analyze(make_pcm(samples)));
+  EXPECT_TRUE(grid.beats.empty());
+}
+
+TEST(AnalysisTest, DegenerateInputsDoNotThrow) {
+  EXPECT_NO_THROW(analyze(audio::Pcm{}));
+  EXPECT_TRUE(analyze(make_pcm({})).beats.empty());
+  EXPECT_TRUE(analyze(make_pcm({0.5f, -0.5f}, 0, 1)).beats.empty());
+  BeatGrid grid;
+  EXPECT_NO_THROW(grid = analyze(make_pcm(test::click_track(0.5, kRate, 120.0, 4, 0.1))));
+  expect_consistent(grid);
+  EXPECT_NO_THROW(grid = analyze(make_pcm(std::vector<float>(kRate, 1.0f))));  // DC
+  expect_consistent(grid);
+  EXPECT_TRUE(grid.beats.empty());
+  std::vector<float> broken = test::click_track(5.0, kRate, 120.0);
+  broken[1000] = std::nanf("");
+  broken[2000] = INFINITY;
+  EXPECT_NO_THROW(grid = analyze(make_pcm(broken)));
+  expect_consistent(grid);
+}
+
+TEST(AnalysisTest, StartOffsetShiftsAllTimes) {
+  std::vector<float> samples = test::click_track(20.0, kRate, 120.0);
+  BeatGrid base = analyze(make_pcm(samples));
+  BeatGrid shifted = analyze(make_pcm(samples, kRate, 1, 10.0));
+  ASSERT_FALSE(base.beats.empty());
+  ASSERT_EQ(shifted.beats.size(), base.beats.size());
+  for (size_t i = 0; i < base.beats.size(); ++i) {
+    EXPECT_NEAR(shifted.beats[i], base.beats[i] + 10.0, 1e-9);
+    EXPECT_EQ(shifted.positions[i], base.positions[i]);
+    EXPECT_DOUBLE_EQ(shifted.strengths[i], base.strengths[i]);
+  }
+  ASSERT_EQ(shifted.downbeats.size(), base.downbeats.size());
+  for (size_t i = 0; i < base.downbeats.size(); ++i)
+    EXPECT_NEAR(shifted.downbeats[i], base.downbeats[i] + 10.0, 1e-9);
+  EXPECT_DOUBLE_EQ(shifted.tempo_bpm, base.tempo_bpm);
+}
+
+TEST(AnalysisTest, StereoMatchesMono) {
+  std::vector<float> mono = test::click_track(20.0, kRate, 120.0);
+  std::vector<float> stereo(mono.size() * 2);
+  for (size_t i = 0; i < mono.size(); ++i) {
+    stereo[2 * i] = mono[i];
+    stereo[2 * i + 1] = 0.5f * mono[i];
+  }
+  BeatGrid a = analyze(make_pcm(mono));
+  BeatGrid b = analyze(make_pcm(stereo, kRate, 2));
+  ASSERT_FALSE(a.beats.empty());
+  ASSERT_EQ(b.beats.size(), a.beats.size());
+  for (size_t i = 0; i < a.beats.size(); ++i) {
+    EXPECT_NEAR(b.beats[i], a.beats[i], 0.011);
+    EXPECT_EQ(b.positions[i], a.positions[i]);
+  }
+}
+
+TEST(AnalysisTest, ClippedLoudInputGivesSameBeats) {
+  std::vector<float> normal = test::click_track(20.0, kRate, 120.0);
+  std::vector<float> clipped(normal.size());
+  for (size_t i = 0; i < normal.size(); ++i)
+    clipped[i] = std::clamp(20.0f * normal[i], -1.0f, 1.0f);
+  BeatGrid a = analyze(make_pcm(normal));
+  BeatGrid b = analyze(make_pcm(clipped));
+  ASSERT_FALSE(a.beats.empty());
+  ASSERT_EQ(b.beats.size(), a.beats.size());
+  for (size_t i = 0; i < a.beats.size(); ++i) EXPECT_NEAR(b.beats[i], a.beats[i], 0.011);
+  EXPECT_NEAR(b.tempo_bpm, a.tempo_bpm, 0.01 * a.tempo_bpm);
+}
+
+TEST(AnalysisTest, QuietInputGivesSameBeats) {
+  std::vector<float> samples = test::click_track(20.0, kRate, 120.0);
+  BeatGrid a = analyze(make_pcm(samples));
+  for (float& s : samples) s *= 0.01f;  // -40 dB
+  BeatGrid b = analyze(make_pcm(samples));
+  ASSERT_FALSE(a.beats.empty());
+  ASSERT_EQ(b.beats.size(), a.beats.size());
+  for (size_t i = 0; i < a.beats.size(); ++i) {
+    EXPECT_NEAR(b.beats[i], a.beats[i], 1e-6);
+    EXPECT_NEAR(b.strengths[i], a.strengths[i], 0.02);
+  }
+}
+
+TEST(AnalysisTest, OtherSampleRatesWork) {
+  const double seconds = 20.0, bpm = 120.0;
+  std::vector<double> truth = click_times(seconds, bpm);
+  for (int rate : {16000, 44100, 48000}) {
+    BeatGrid grid = analyze(make_pcm(test::click_track(seconds, rate, bpm), rate));
+    expect_consistent(grid);
+    EXPECT_NEAR(grid.tempo_bpm, bpm, kTempoTolerance * bpm) << rate;
+    ASSERT_GE(grid.beats.size(), truth.size() - 1) << rate;
+    for (size_t i = 0; i < grid.beats.size(); ++i) {
+      size_t k = nearest(truth, grid.beats[i]);
+      EXPECT_NEAR(grid.beats[i], truth[k], kBeatTolerance) << rate << " beat " << i;
+      EXPECT_EQ(grid.positions[i], int(k % 4) + 1) << rate << " beat " << i;
+    }
+  }
+}
+
+TEST(AnalysisTest, LeadingAndTrailingSilenceIsTrimmed) {
+  const double bpm = 120.0;
+  std::vector<float> clicks = test::click_track(12.0, kRate, bpm, 4, kFirstBeat);
+  // 5 s of silence, the clicks, 5 s of silence.
+  std::vector<float> samples(5 * kRate, 0.0f);
+  samples.insert(samples.end(), clicks.begin(), clicks.end());
+  samples.resize(samples.size() + 5 * kRate, 0.0f);
+  BeatGrid grid = analyze(make_pcm(samples));
+  expect_consistent(grid);
+  ASSERT_FALSE(grid.beats.empty());
+  EXPECT_NEAR(grid.beats.front(), 5.0 + kFirstBeat, kBeatTolerance);
+  double last_click = 5.0 + click_times(12.0, bpm).back();
+  EXPECT_LT(grid.beats.back(), last_click + kBeatTolerance);
+  EXPECT_GT(grid.beats.back(), last_click - 60.0 / bpm - kBeatTolerance);
+}
+
+TEST(AnalysisTest, ThreeMinuteSongIsFast) {
+  // Mostly a guard against accidental quadratic work: the analysis is ~0.2 s at -O2.
+  std::vector<float> samples = test::click_track(180.0, kRate, 128.0);
+  BeatGrid grid = analyze(make_pcm(samples));
+  EXPECT_NEAR(grid.tempo_bpm, 128.0, kTempoTolerance * 128.0);
+  EXPECT_GT(grid.beats.size(), 370u);
+}
+
+}  // namespace
+}  // namespace beatfarm::analysis

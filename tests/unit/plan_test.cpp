@@ -1,0 +1,292 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "common/error.h"
+#include "plan/plan_json.h"
+#include "plan/timeline.h"
+
+namespace beatfarm::plan {
+namespace {
+
+// Beats every `period` from `first`, downbeats (every `meter`) strong, the rest weak.
+analysis::BeatGrid regular_grid(double first, double period, double end, int meter = 4,
+                                double strong = 1.0, double weak = 0.3) {
+  analysis::BeatGrid grid;
+  int i = 0;
+  for (double t = first; t < end; t = first + (++i) * period) {
+    grid.beats.push_back(t);
+    grid.positions.push_back(i % meter + 1);
+    grid.strengths.push_back(i % meter == 0 ? strong : weak);
+    if (i % meter == 0) grid.downbeats.push_back(t);
+  }
+  grid.tempo_bpm = 60.0 / period;
+  grid.meter = meter;
+  return grid;
+}
+
+PlanOptions options_for(double start, double end) {
+  PlanOptions o;
+  o.audio_start = start;
+  o.audio_end = end;
+  o.peak_prompt = "peak";
+  o.transition_prompt = "transition";
+  o.negative_prompt = "negative";
+  return o;
+}
+
+TEST(Plan, FrameOfUsesAbsoluteTime) {
+  EXPECT_EQ(frame_of(10.0, 10.0, 16), 0);
+  EXPECT_EQ(frame_of(10.5, 10.0, 16), 8);
+  EXPECT_EQ(frame_of(10.0 + 1.0 / 32 + 1e-9, 10.0, 16), 1);  // just past half a frame
+  EXPECT_EQ(frame_of(10.0 + 1.0 / 32 - 1e-6, 10.0, 16), 0);
+}
+
+TEST(Plan, Next4kPlus1) {
+  EXPECT_EQ(next_4k_plus_1(1), 1);
+  EXPECT_EQ(next_4k_plus_1(2), 5);
+  EXPECT_EQ(next_4k_plus_1(5), 5);
+  EXPECT_EQ(next_4k_plus_1(24), 25);
+  EXPECT_EQ(next_4k_plus_1(81), 81);
+  EXPECT_EQ(next_4k_plus_1(82), 85);
+}
+
+TEST(Plan, PeaksOnStrongBeatsAtExactFrames) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 30.0);
+  Timeline t = make_timeline(grid, options_for(0.0, 30.0));
+  ASSERT_FALSE(t.slots.empty());
+  EXPECT_EQ(t.total_frames, 480);
+  for (const Slot& slot : t.slots) {
+    EXPECT_TRUE(slot.downbeat);
+    EXPECT_EQ(slot.start_frame, std::llround(slot.beat * 16));
+    EXPECT_EQ(slot.end_frame, std::llround((slot.beat + 1.5) * 16));
+  }
+  // Downbeats every 2 s and clips of 1.5 s: every downbeat with room for its clip is used.
+  EXPECT_EQ(t.slots.size(), 15u);
+  // The segments tile the output and every peak segment starts at its slot.
+  int expected = 0;
+  std::set<int> peak_starts;
+  for (const Segment& s : t.segments) {
+    EXPECT_EQ(s.out_start, expected);
+    expected += s.count;
+    if (s.kind == "peak") peak_starts.insert(s.out_start);
+  }
+  EXPECT_EQ(expected, t.total_frames);
+  for (const Slot& slot : t.slots) EXPECT_TRUE(peak_starts.count(slot.start_frame));
+}
+
+TEST(Plan, NoDriftOverALongSong) {
+  // 10 minutes at an awkward period; a frame count summed per segment would drift.
+  analysis::BeatGrid grid = regular_grid(0.1234, 0.4637, 600.0, 4, 0.9, 0.2);
+  PlanOptions o = options_for(3.3, 598.7);
+  o.fps = 24;
+  Timeline t = make_timeline(grid, o);
+  EXPECT_EQ(t.total_frames, std::llround((598.7 - 3.3) * 24));
+  for (const Slot& slot : t.slots) {
+    EXPECT_EQ(slot.start_frame, std::llround((slot.beat - 3.3) * 24));
+    EXPECT_LE(std::abs(slot.start_frame / 24.0 - (slot.beat - 3.3)), 0.5 / 24 + 1e-12);
+  }
+  EXPECT_NO_THROW(validate_timeline(t));
+}
+
+TEST(Plan, AudioRangeShiftsFramesAndExcludesOutsideBeats) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 60.0);
+  Timeline t = make_timeline(grid, options_for(20.0, 40.0));
+  EXPECT_EQ(t.total_frames, 320);
+  for (const Slot& slot : t.slots) {
+    EXPECT_GE(slot.beat, 20.0);
+    EXPECT_LE(slot.beat + 1.5, 40.0);
+    EXPECT_EQ(slot.start_frame, std::llround((slot.beat - 20.0) * 16));
+  }
+}
+
+TEST(Plan, TransitionsJoinTheShownBoundaryFrames) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 30.0);
+  Timeline t = make_timeline(grid, options_for(0.0, 30.0));
+  for (size_t s = 0; s + 1 < t.segments.size(); ++s) {
+    const Segment& seg = t.segments[s];
+    if (seg.kind != "peak" || t.segments[s + 1].kind != "transition") continue;
+    const Task& transition = t.tasks[t.segments[s + 1].task];
+    // The transition starts from the last frame the peak segment shows...
+    EXPECT_EQ(transition.from.task, seg.task);
+    EXPECT_EQ(transition.from.frame, seg.src_start + seg.count - 1);
+    // ...and ends on the first frame the next peak segment shows.
+    const Segment& next = t.segments[s + 2];
+    ASSERT_EQ(next.kind, "peak");
+    EXPECT_EQ(transition.to.task, next.task);
+    EXPECT_EQ(transition.to.frame, next.src_start);
+    EXPECT_EQ(transition.deps.size(), transition.from.task == transition.to.task ? 1u : 2u);
+  }
+}
+
+TEST(Plan, LoopWrapsFromTheLastClipToTheFirst) {
+  analysis::BeatGrid grid = regular_grid(1.25, 0.5, 30.0);
+  Timeline t = make_timeline(grid, options_for(0.0, 30.0));
+  ASSERT_GE(t.segments.size(), 3u);
+  const Segment& head = t.segments.front();
+  const Segment& tail = t.segments.back();
+  ASSERT_EQ(head.kind, "loop_head");
+  ASSERT_EQ(tail.kind, "loop_tail");
+  EXPECT_EQ(head.task, tail.task);
+  const Task& loop = t.tasks[head.task];
+  EXPECT_EQ(loop.kind, TaskKind::Loop);
+  EXPECT_EQ(loop.frames, head.count + tail.count);
+  EXPECT_EQ(head.count, t.slots.front().start_frame);
+  EXPECT_EQ(tail.out_start, t.slots.back().end_frame);
+  // The tail shows the loop's first frames, the head its last ones.
+  EXPECT_EQ(source_frame(tail, loop, 0), 0);
+  EXPECT_EQ(source_frame(head, loop, head.count - 1), loop.render_frames - 1);
+  EXPECT_EQ(loop.from.task, t.pool[t.slots.back().clip].task);
+  EXPECT_EQ(loop.to.task, t.pool[t.slots.front().clip].task);
+}
+
+TEST(Plan, HybridRoutingAndFlf2vCap) {
+  // Strong beats at irregular places: gaps of 0.5, 2.5, 1.0 and 4.0 s after 1.5 s clips.
+  analysis::BeatGrid grid;
+  for (double b : {1.0, 3.0, 7.0, 9.5, 15.0}) {
+    grid.beats.push_back(b);
+    grid.positions.push_back(1);
+    grid.strengths.push_back(1.0);
+    grid.downbeats.push_back(b);
+  }
+  grid.tempo_bpm = 120;
+  PlanOptions o = options_for(0.0, 20.0);
+  Timeline hybrid = make_timeline(grid, o);
+  std::vector<std::string> methods;
+  for (const Task& task : hybrid.tasks)
+    if (task.kind == TaskKind::Transition) methods.push_back(task.method);
+  EXPECT_EQ(methods, (std::vector<std::string>{"bim", "flf2v", "bim", "flf2v"}));
+  // Loop: 20 - 16.5 + 1.0 = 4.5 s -> flf2v.
+  EXPECT_EQ(hybrid.tasks.back().kind, TaskKind::Loop);
+  EXPECT_EQ(hybrid.tasks.back().method, "flf2v");
+
+  o.max_flf2v_count = 1;  // only the longest gap (the 4.5 s loop) keeps FLF2V
+  Timeline capped = make_timeline(grid, o);
+  int flf2v = 0;
+  for (const Task& task : capped.tasks) flf2v += task.method == "flf2v";
+  EXPECT_EQ(flf2v, 1);
+  EXPECT_EQ(capped.tasks.back().method, "flf2v");
+
+  o.max_flf2v_count = -1;
+  o.interpolation_mode = "bim";
+  for (const Task& task : make_timeline(grid, o).tasks) {
+    if (task.kind != TaskKind::Peak) EXPECT_EQ(task.method, "bim");
+  }
+  o.interpolation_mode = "flf2v";
+  for (const Task& task : make_timeline(grid, o).tasks) {
+    if (task.kind != TaskKind::Peak) EXPECT_EQ(task.method, "flf2v");
+  }
+  o.interpolation_mode = "hybrid";
+  o.hybrid_threshold = 0.25;
+  for (const Task& task : make_timeline(grid, o).tasks) {
+    if (task.kind != TaskKind::Peak) EXPECT_EQ(task.method, "flf2v");
+  }
+}
+
+TEST(Plan, PerClipPoolIsSeededAndVaried) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 60.0);
+  PlanOptions o = options_for(0.0, 60.0);
+  o.num_peak_clips = 4;
+  Timeline a = make_timeline(grid, o);
+  Timeline b = make_timeline(grid, o);
+  o.seed = 7;
+  Timeline c = make_timeline(grid, o);
+  ASSERT_EQ(a.pool.size(), 4u);
+  std::vector<int> clips_a, clips_b, clips_c;
+  for (const Slot& s : a.slots) clips_a.push_back(s.clip);
+  for (const Slot& s : b.slots) clips_b.push_back(s.clip);
+  for (const Slot& s : c.slots) clips_c.push_back(s.clip);
+  EXPECT_EQ(clips_a, clips_b);
+  EXPECT_NE(clips_a, clips_c);
+  for (size_t i = 1; i < clips_a.size(); ++i) EXPECT_NE(clips_a[i], clips_a[i - 1]);
+  std::set<int> used(clips_a.begin(), clips_a.end());
+  EXPECT_EQ(used.size(), 4u);
+  // Task seeds depend on the job seed and the task name only.
+  EXPECT_EQ(a.tasks[0].seed, task_seed(42, "peak_0000"));
+  EXPECT_NE(a.tasks[0].seed, a.tasks[1].seed);
+  EXPECT_NE(a.tasks[0].seed, c.tasks[0].seed);
+}
+
+TEST(Plan, PoolNeverLargerThanTheSlots) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 8.0);
+  PlanOptions o = options_for(0.0, 8.0);
+  o.num_peak_clips = 10;
+  Timeline t = make_timeline(grid, o);
+  EXPECT_EQ(t.pool.size(), t.slots.size());
+}
+
+TEST(Plan, SlicedModeCutsOneGeneration) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 60.0);
+  PlanOptions o = options_for(0.0, 60.0);
+  o.mode = "sliced";
+  o.num_peak_clips = 5;
+  o.frames_4k_plus_1 = true;
+  Timeline t = make_timeline(grid, o);
+  int peaks = 0;
+  for (const Task& task : t.tasks) peaks += task.kind == TaskKind::Peak;
+  EXPECT_EQ(peaks, 1);
+  ASSERT_EQ(t.pool.size(), 5u);
+  const Task& generation = t.tasks[0];
+  EXPECT_EQ(generation.frames, 5 * t.pool[0].frames);
+  EXPECT_EQ((generation.render_frames - 1) % 4, 0);
+  EXPECT_GE(generation.render_frames, generation.frames);
+  for (int c = 0; c < 5; ++c) {
+    EXPECT_EQ(t.pool[c].task, 0);
+    EXPECT_EQ(t.pool[c].first_frame, c * t.pool[0].frames);
+  }
+  EXPECT_NO_THROW(validate_timeline(t));
+}
+
+TEST(Plan, WanFrameCountsAre4kPlus1ForGeneratedTasks) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 30.0);
+  PlanOptions o = options_for(0.0, 30.0);
+  o.frames_4k_plus_1 = true;
+  o.interpolation_mode = "flf2v";
+  Timeline t = make_timeline(grid, o);
+  for (const Task& task : t.tasks) {
+    EXPECT_EQ((task.render_frames - 1) % 4, 0) << task.name;
+    EXPECT_GE(task.render_frames, task.frames);
+  }
+  // Retiming a longer render keeps the sequence inside it and in order.
+  for (const Segment& s : t.segments) {
+    const Task& task = t.tasks[s.task];
+    int previous = -1;
+    for (int k = 0; k < s.count; ++k) {
+      int f = source_frame(s, task, k);
+      EXPECT_GT(f, previous);
+      EXPECT_LT(f, task.render_frames);
+      previous = f;
+    }
+  }
+}
+
+TEST(Plan, NoUsableBeatIsAClearError) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 30.0, 4, 0.4, 0.2);
+  PlanOptions o = options_for(0.0, 30.0);
+  try {
+    make_timeline(grid, o);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("--peak-thresh 0.5"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("0.4"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(make_timeline(analysis::BeatGrid{}, o), InputError);
+}
+
+TEST(Plan, JsonRoundTrip) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 30.0);
+  PlanOptions o = options_for(2.0, 29.0);
+  o.peak_prompt = "neon \"city\"\nat night, ünïcødé";
+  Timeline t = make_timeline(grid, o);
+  Timeline back = timeline_from_json(nlohmann::json::parse(to_json(t).dump()));
+  EXPECT_EQ(to_json(back), to_json(t));
+  EXPECT_EQ(back.options.peak_prompt, o.peak_prompt);
+  nlohmann::json broken = to_json(t);
+  broken.erase("segments");
+  EXPECT_THROW(timeline_from_json(broken), Error);
+}
+
+}  // namespace
+}  // namespace beatfarm::plan
