@@ -61,7 +61,9 @@ std::string av_error(int code) {
   return buffer;
 }
 
-std::string label(const std::string& path) { return "audio file '" + path + "'"; }
+std::string label(const std::string& path) {
+  return "audio file '" + path + "'";
+}
 
 [[noreturn]] void fail_decode(const std::string& path, const std::string& why) {
   throw InputError(str(label(path), " could not be decoded: ", why));
@@ -163,10 +165,14 @@ void default_layout(AVChannelLayout* out, const AVChannelLayout& in) {
 // Decoded frames -> trimmed at `start` to the sample -> swresample -> Pcm.
 class Decoding {
  public:
-  Decoding(const std::string& path, Source& source, double start, int out_rate,
-           int out_channels, Pcm& pcm)
-      : path_(path), source_(source), start_(start), out_rate_(out_rate),
-        out_channels_(out_channels), pcm_(pcm) {
+  Decoding(const std::string& path, Source& source, double start, int out_rate, int out_channels,
+           Pcm& pcm)
+      : path_(path),
+        source_(source),
+        start_(start),
+        out_rate_(out_rate),
+        out_channels_(out_channels),
+        pcm_(pcm) {
     src_rate_ = source.codec->sample_rate;
     start_sample_ = std::llround(start * src_rate_);
   }
@@ -222,12 +228,10 @@ class Decoding {
 
   bool seek(double seconds) {
     AVStream* stream = source_.stream;
-    int64_t target = stream_start(stream) +
-                     av_rescale_q(std::llround(std::max(0.0, seconds) * 1e6), AV_TIME_BASE_Q,
-                                  stream->time_base);
+    int64_t target = stream_start(stream) + av_rescale_q(std::llround(std::max(0.0, seconds) * 1e6),
+                                                         AV_TIME_BASE_Q, stream->time_base);
     // max_ts = target: land at or before the target, never after it.
-    int err = avformat_seek_file(source_.format.get(), stream->index, INT64_MIN, target,
-                                 target, 0);
+    int err = avformat_seek_file(source_.format.get(), stream->index, INT64_MIN, target, target, 0);
     if (err < 0) return false;
     avcodec_flush_buffers(source_.codec.get());
     return true;
@@ -326,8 +330,9 @@ class Decoding {
                 av_channel_layout_compare(&frame->ch_layout, &in_layout_.value) == 0;
     if (same) return;
     if (swr_) flush_resampler();  // format changed mid-stream: finish the old one
+    // Keep the frame's own layout (maybe unspecified order) for the comparison above.
     av_channel_layout_uninit(&in_layout_.value);
-    default_layout(&in_layout_.value, frame->ch_layout);
+    av_channel_layout_copy(&in_layout_.value, &frame->ch_layout);
     in_format_ = frame->format;
     in_rate_ = frame->sample_rate;
     Layout out_layout;
@@ -422,8 +427,8 @@ Pcm decode(const std::string& path, double start, double end, int target_rate,
   const int src_rate = source.codec->sample_rate;
   Pcm pcm;
   pcm.sample_rate = target_rate > 0 ? target_rate : src_rate;
-  pcm.channels = target_channels > 0 ? target_channels
-                                     : std::min(2, source.codec->ch_layout.nb_channels);
+  pcm.channels =
+      target_channels > 0 ? target_channels : std::min(2, source.codec->ch_layout.nb_channels);
   pcm.start_seconds = start;
 
   const bool bounded = end >= 0.0;
@@ -449,7 +454,8 @@ Pcm decode(const std::string& path, double start, double end, int target_rate,
     // FFmpeg trims AAC priming through the MP4 edit list but decodes the padding of the
     // last frame; the edit list's duration is exact, so cut there.
     double seconds = source.stream->duration * av_q2d(source.stream->time_base) - start;
-    size_t frames = static_cast<size_t>(std::max<int64_t>(0, std::llround(seconds * pcm.sample_rate)));
+    size_t frames =
+        static_cast<size_t>(std::max<int64_t>(0, std::llround(seconds * pcm.sample_rate)));
     if (frames < pcm.frames()) pcm.samples.resize(frames * pcm.channels);
   }
   return pcm;

@@ -165,7 +165,7 @@ void Mp4Writer::Impl::open_audio(const audio::Pcm& pcm) {
   audio.reset(avcodec_alloc_context3(codec));
   if (!audio) fail("allocating the AAC encoder", AVERROR(ENOMEM));
   AVCodecContext* c = audio.get();
-  c->sample_fmt = codec->sample_fmts ? codec->sample_fmts[0] : AV_SAMPLE_FMT_FLTP;
+  c->sample_fmt = AV_SAMPLE_FMT_FLTP;  // the native encoder's format; encode_audio buffers floats
   c->sample_rate = pick_sample_rate(codec, pcm.sample_rate);
   av_channel_layout_default(&c->ch_layout, pcm.channels == 1 ? 1 : 2);
   c->bit_rate = kAudioBitRate;
@@ -192,8 +192,8 @@ void Mp4Writer::Impl::encode_audio(const audio::Pcm& pcm) {
   AVChannelLayout in_layout{};
   av_channel_layout_default(&in_layout, pcm.channels);
   SwrContext* raw_swr = nullptr;
-  int err = swr_alloc_set_opts2(&raw_swr, &c->ch_layout, out_format, c->sample_rate,
-                                &in_layout, AV_SAMPLE_FMT_FLT, pcm.sample_rate, 0, nullptr);
+  int err = swr_alloc_set_opts2(&raw_swr, &c->ch_layout, out_format, c->sample_rate, &in_layout,
+                                AV_SAMPLE_FMT_FLT, pcm.sample_rate, 0, nullptr);
   av_channel_layout_uninit(&in_layout);
   check(err, "configuring the audio resampler");
   SwrPtr swr(raw_swr);
@@ -245,7 +245,8 @@ void Mp4Writer::Impl::encode_audio(const audio::Pcm& pcm) {
   const size_t frames = pcm.frames();
   for (size_t offset = 0; offset < frames; offset += kAudioChunk) {
     int count = static_cast<int>(std::min<size_t>(kAudioChunk, frames - offset));
-    const uint8_t* in = reinterpret_cast<const uint8_t*>(pcm.samples.data() + offset * pcm.channels);
+    const uint8_t* in =
+        reinterpret_cast<const uint8_t*>(pcm.samples.data() + offset * pcm.channels);
     push(&in, count);
   }
   push(nullptr, 0);  // the resampler's buffered tail
@@ -253,7 +254,8 @@ void Mp4Writer::Impl::encode_audio(const audio::Pcm& pcm) {
     // The resampler came up a few samples short: complete with silence.
     int missing = static_cast<int>(total - queued);
     std::vector<float> silence(missing, 0.0f);
-    for (int ch = 0; ch < out_channels; ++ch) planes[ch] = reinterpret_cast<uint8_t*>(silence.data());
+    for (int ch = 0; ch < out_channels; ++ch)
+      planes[ch] = reinterpret_cast<uint8_t*>(silence.data());
     check(av_audio_fifo_write(fifo.get(), reinterpret_cast<void**>(planes.data()), missing),
           "writing the audio FIFO");
     queued += missing;
@@ -323,8 +325,7 @@ void Mp4Writer::Impl::receive_video_packets() {
   }
 }
 
-Mp4Writer::Mp4Writer(const std::string& path, const EncodeOptions& options,
-                     const audio::Pcm* audio)
+Mp4Writer::Mp4Writer(const std::string& path, const EncodeOptions& options, const audio::Pcm* audio)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.path = path;
@@ -334,7 +335,8 @@ Mp4Writer::Mp4Writer(const std::string& path, const EncodeOptions& options,
     throw InputError(str("video size ", options.width, "x", options.height, " for '", path,
                          "' must be positive and even (yuv420p)"));
   }
-  if (options.fps <= 0) throw InputError(str("fps ", options.fps, " for '", path, "' is not positive"));
+  if (options.fps <= 0)
+    throw InputError(str("fps ", options.fps, " for '", path, "' is not positive"));
   const bool with_audio = audio && audio->frames() > 0;
   if (with_audio && (audio->sample_rate <= 0 || audio->channels <= 0)) {
     throw InputError(str("audio for '", path, "' has rate ", audio->sample_rate, " and ",
@@ -395,8 +397,8 @@ void Mp4Writer::finish() {
   std::error_code ec;
   std::filesystem::rename(m.partial, m.path, ec);
   if (ec) {
-    throw Error(str("video file '", m.path, "': cannot rename '", m.partial, "' into place: ",
-                    ec.message()));
+    throw Error(str("video file '", m.path, "': cannot rename '", m.partial,
+                    "' into place: ", ec.message()));
   }
   m.finished = true;
 }

@@ -46,7 +46,9 @@ std::string av_error(int code) {
   return buffer;
 }
 
-std::string label(const std::string& path) { return "video file '" + path + "'"; }
+std::string label(const std::string& path) {
+  return "video file '" + path + "'";
+}
 
 InputPtr open_input(const std::string& path) {
   std::error_code ec;
@@ -88,7 +90,9 @@ bool moov_before_mdat(const std::string& path) {
   return false;
 }
 
-double seconds(int64_t ts, AVRational time_base) { return ts * av_q2d(time_base); }
+double seconds(int64_t ts, AVRational time_base) {
+  return ts * av_q2d(time_base);
+}
 
 }  // namespace
 
@@ -195,8 +199,8 @@ FrameStack read_video_frames(const std::string& path) {
       throw InputError(str(label(path), " changes frame size mid-stream"));
     }
     if (!sws || f->width != sws_width || f->height != sws_height || f->format != sws_format) {
-      sws.reset(sws_getContext(f->width, f->height, static_cast<AVPixelFormat>(f->format),
-                               f->width, f->height, AV_PIX_FMT_RGB24,
+      sws.reset(sws_getContext(f->width, f->height, static_cast<AVPixelFormat>(f->format), f->width,
+                               f->height, AV_PIX_FMT_RGB24,
                                SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT, nullptr,
                                nullptr, nullptr));
       if (!sws) throw Error(str(label(path), ": cannot convert its pixel format to RGB"));

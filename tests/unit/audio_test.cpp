@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <string>
@@ -18,7 +19,9 @@ using test::run_command;
 using test::TempDir;
 using test::write_wav;
 
-bool have_ffmpeg() { return run_command("ffmpeg -version") == 0; }
+bool have_ffmpeg() {
+  return run_command("ffmpeg -version") == 0;
+}
 
 std::vector<float> sine(double freq, double seconds, int rate, float amplitude = 0.5f) {
   std::vector<float> out(static_cast<size_t>(std::llround(seconds * rate)));
@@ -60,7 +63,8 @@ size_t argmax_abs(const std::vector<float>& x) {
 // Runs ffmpeg to convert `in` to `out` (codec picked from the extension unless `args`).
 void convert(const std::string& in, const std::string& out, const std::string& args = "") {
   std::string log;
-  int rc = run_command("ffmpeg -y -loglevel error -i '" + in + "' " + args + " '" + out + "'", &log);
+  int rc =
+      run_command("ffmpeg -y -loglevel error -i '" + in + "' " + args + " '" + out + "'", &log);
   ASSERT_EQ(rc, 0) << log;
 }
 
@@ -185,6 +189,14 @@ TEST(AudioDecode, LowAndHighInputRatesResample) {
     EXPECT_NEAR(double(pcm.frames()), 1.5 * 22050, 2.0) << rate;
     EXPECT_NEAR(zero_crossing_rate(pcm.samples, 22050), 880.0, 10.0) << rate;
     EXPECT_NEAR(rms(pcm.samples, 2000, pcm.frames() - 2000), 0.5 / std::sqrt(2.0), 0.02) << rate;
+
+    // An impulse at 1 s stays at 1 s through the rate change.
+    std::vector<float> click(rate * 2, 0.0f);
+    click[rate] = 0.9f;
+    write_wav(path, click, rate);
+    Pcm moved = decode(path, 0.0, -1.0, 22050, 1);
+    EXPECT_EQ(moved.frames(), size_t(44100)) << rate;
+    EXPECT_NEAR(double(argmax_abs(moved.samples)), 22050.0, 1.0) << rate;
   }
 }
 
@@ -202,19 +214,22 @@ TEST(AudioDecode, StartIsSampleAccurate) {
   for (const std::string name : {"click.wav", "click.flac"}) {
     const std::string path = dir.file(name);
     for (double start : {0.0, 0.5, 1.0, 1.2, 1.234}) {
-      Pcm pcm = decode(path, start, start + 1.0, 0, 0);
-      ASSERT_EQ(pcm.frames(), size_t(rate)) << name << " start " << start;
+      Pcm pcm = decode(path, start, start + 1.5, 0, 0);
+      ASSERT_EQ(pcm.frames(), size_t(rate * 3 / 2)) << name << " start " << start;
       EXPECT_DOUBLE_EQ(pcm.start_seconds, start);
       long expected = impulse - std::lround(start * rate);
       EXPECT_NEAR(double(argmax_abs(pcm.samples)), double(expected), 1.0)
           << name << " start " << start;
       EXPECT_GT(pcm.samples[argmax_abs(pcm.samples)], 0.5f);
 
-      Pcm low = decode(path, start, start + 1.0, 22050, 1);
-      ASSERT_EQ(low.frames(), size_t(22050));
-      double expected_low = (impulse / double(rate) - start) * 22050;
-      EXPECT_NEAR(double(argmax_abs(low.samples)), expected_low, 1.0)
-          << name << " start " << start;
+      // Resampling (integer and fractional ratios) must not shift it either.
+      for (int out_rate : {22050, 48000}) {
+        Pcm low = decode(path, start, start + 1.5, out_rate, 1);
+        ASSERT_EQ(low.frames(), size_t(out_rate * 3 / 2));
+        double expected_low = (impulse / double(rate) - start) * out_rate;
+        EXPECT_NEAR(double(argmax_abs(low.samples)), expected_low, 1.0)
+            << name << " start " << start << " rate " << out_rate;
+      }
     }
     // A start after the impulse must not see it.
     Pcm after = decode(path, 1.3, 2.0, 0, 0);
@@ -253,6 +268,26 @@ TEST(AudioDecode, LossyFileExactLengthFromOffset) {
   EXPECT_NEAR(zero_crossing_rate(pcm.samples, 22050), 880.0, 10.0);
 }
 
+TEST(AudioDecode, StreamWithoutDurationInHeaders) {
+  if (!have_ffmpeg()) GTEST_SKIP() << "ffmpeg CLI not installed";
+  TempDir dir;
+  write_wav(dir.file("in.wav"), sine(440.0, 3.0, 48000), 48000);
+  // Matroska written to a pipe cannot go back to fill in the duration.
+  const std::string path = dir.file("piped.mkv");
+  std::string log;
+  ASSERT_EQ(run_command("ffmpeg -y -loglevel error -i '" + dir.file("in.wav") +
+                            "' -c:a flac -f matroska pipe:1 > '" + path + "'",
+                        &log),
+            0)
+      << log;
+  AudioInfo info = probe(path);
+  EXPECT_NEAR(info.duration_seconds, 3.0, 0.05);
+  EXPECT_EQ(decode(path, 0.0, -1.0, 0, 0).frames(), size_t(144000));
+  Pcm middle = decode(path, 1.5, 2.5, 22050, 1);
+  EXPECT_EQ(middle.frames(), size_t(22050));
+  EXPECT_NEAR(rms(middle.samples), 0.5 / std::sqrt(2.0), 0.02);
+}
+
 TEST(AudioErrors, MissingFileNamesThePath) {
   TempDir dir;
   std::string path = dir.file("nothing.mp3");
@@ -282,7 +317,10 @@ TEST(AudioErrors, VideoWithoutAudioIsRejected) {
   std::string path = dir.file("silent.mp4");
   std::string log;
   ASSERT_EQ(run_command("ffmpeg -y -loglevel error -f lavfi -i testsrc=size=64x48:rate=8 "
-                        "-frames:v 4 -c:v libx264 -preset ultrafast '" + path + "'", &log), 0)
+                        "-frames:v 4 -c:v libx264 -preset ultrafast '" +
+                            path + "'",
+                        &log),
+            0)
       << log;
   std::string message = input_error_message([&] { probe(path); });
   EXPECT_NE(message.find(path), std::string::npos) << message;
