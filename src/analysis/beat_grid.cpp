@@ -27,17 +27,25 @@ constexpr double kSmoothingPerPeriod = 1.0 / 32.0;
 // Leading/trailing beats whose onset score is below this fraction of the RMS beat
 // onset score are dropped (intros without pulse, ring-outs, silence).
 constexpr double kTrimRatio = 0.5;
+// Beats that confirm where the music starts/ends (3 of these 4 must be strong).
+constexpr int kTrimRun = 4;
 // Beats in frames this far below the track's loud level are in silence.
 constexpr double kSilentLevelDb = -50.0;
 // Accent strength looks for the onset peak within this distance of the beat.
 constexpr double kPeakWindowSeconds = 0.05;
 // Strengths are scaled so that this quantile of the track's beats maps to 1.
 constexpr double kStrengthQuantile = 0.9;
+// The flux is already log-compressed; squaring restores contrast so that ordinary beats
+// sit below 0.5 and only accents (the loudest ~30% on typical tracks) above it.
+constexpr double kStrengthExponent = 2.0;
 // Weight of the full-band accent next to the low-band (kick/bass) onset for downbeats.
 constexpr double kDownbeatStrengthWeight = 0.5;
 // 3/4 must beat 4/4 by this factor and margin: 4/4 is far more common, so ties go to 4.
 constexpr double kTripleRatio = 1.15;
 constexpr double kTripleMargin = 0.02;
+// Cost of breaking the bar pattern, in accent units (accents are ~0..1.5): several bars
+// of contrary evidence are needed before the downbeat phase moves.
+constexpr double kPhaseJumpPenalty = 3.0;
 
 double quantile(std::vector<double> values, double q) {
   if (values.empty()) return 0.0;
@@ -109,7 +117,8 @@ std::vector<double> gaussian_smooth(const std::vector<float>& x, double sigma) {
 // tightness * log(interval / period)^2 per step. Returns increasing frame indices.
 std::vector<long> track_beats(const std::vector<double>& score, const std::vector<double>& periods,
                               double tightness) {
-  long n = long(score.size());
+  if (score.empty() || periods.size() != score.size()) return {};
+  const long n = long(score.size());
   std::vector<double> cumulative(n, 0.0);
   std::vector<long> backlink(n, -1);
   long max_interval = 0;
@@ -155,11 +164,33 @@ void trim_weak_ends(std::vector<long>& beats, const std::vector<double>& score,
   double sum_squares = 0.0;
   for (long b : beats) sum_squares += score[b] * score[b];
   double threshold = kTrimRatio * std::sqrt(sum_squares / double(beats.size()));
-  auto weak = [&](long b) { return score[b] < threshold || level_db[b] < kSilentLevelDb; };
-  size_t first = 0, end = beats.size();
-  while (first < end && weak(beats[first])) ++first;
-  while (end > first && weak(beats[end - 1])) --end;
+  size_t n = beats.size();
+  std::vector<bool> strong(n);
+  for (size_t i = 0; i < n; ++i)
+    strong[i] = score[beats[i]] >= threshold && level_db[beats[i]] >= kSilentLevelDb;
+  // The music starts at the first strong beat that most of its next few beats confirm,
+  // so that a lone onset in a beatless intro does not anchor the grid; likewise at the end.
+  auto confirmed = [&](size_t i, int direction) {
+    if (!strong[i]) return false;
+    int count = 0, seen = 0;
+    for (long j = long(i); j >= 0 && j < long(n) && seen < kTrimRun; j += direction, ++seen)
+      count += strong[j] ? 1 : 0;
+    return count * 4 >= seen * 3;
+  };
+  size_t first = 0, end = n;
+  while (first < end && !confirmed(first, 1)) ++first;
+  while (end > first && !confirmed(end - 1, -1)) --end;
   beats = std::vector<long>(beats.begin() + first, beats.begin() + end);
+}
+
+// Fractional offset (-0.5..0.5) of the parabola through a local maximum at t; 0 when
+// t is not a local maximum.
+double subframe_peak(const std::vector<double>& x, long t) {
+  if (t <= 0 || t + 1 >= long(x.size())) return 0.0;
+  double a = x[t - 1], b = x[t], c = x[t + 1];
+  double denom = a - 2.0 * b + c;
+  if (b < a || b < c || denom >= 0.0) return 0.0;
+  return std::clamp(0.5 * (a - c) / denom, -0.5, 0.5);
 }
 
 // Maximum of x within +-radius frames of each beat.
@@ -183,17 +214,10 @@ std::vector<double> robust_unit_scale(std::vector<double> values) {
   return values;
 }
 
-struct MeterChoice {
-  int meter = 4;
-  int phase = 0;  // index (mod meter) of the first downbeat
-};
-
-// The meter and phase whose bar starts have the highest mean accent relative to the
-// other beats.
-MeterChoice choose_meter(const std::vector<double>& accent) {
-  MeterChoice choice;
+// The meter (3 or 4) whose best bar phase has the highest mean accent on bar starts
+// relative to the other beats.
+int choose_meter(const std::vector<double>& accent) {
   double best_by_meter[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
-  int phase_by_meter[5] = {0, 0, 0, 0, 0};
   size_t n = accent.size();
   for (int meter : {3, 4}) {
     double best = -1e300;
@@ -211,18 +235,46 @@ MeterChoice choose_meter(const std::vector<double>& accent) {
       }
       if (!on_count || !off_count) continue;
       double contrast = on / on_count - off / off_count;
-      if (contrast > best) {
-        best = contrast;
-        phase_by_meter[meter] = phase;
-      }
+      best = std::max(best, contrast);
     }
     best_by_meter[meter] = best;
   }
   bool triple = best_by_meter[3] > kTripleRatio * best_by_meter[4] &&
                 best_by_meter[3] > best_by_meter[4] + kTripleMargin;
-  choice.meter = triple ? 3 : 4;
-  choice.phase = phase_by_meter[choice.meter];
-  return choice;
+  return triple ? 3 : 4;
+}
+
+// Bar positions (1..meter) by Viterbi over beats: a position-1 beat earns its accent
+// above the mean, the position advances by one each beat, and a jump to any other
+// position (a dropped or extra beat, a short bar) costs kPhaseJumpPenalty.
+std::vector<int> assign_positions(const std::vector<double>& accent, int meter) {
+  size_t n = accent.size();
+  std::vector<int> positions(n, 1);
+  if (n == 0) return positions;
+  double mean = 0.0;
+  for (double a : accent) mean += a;
+  mean /= double(n);
+  // back[i][s]: state of beat i-1 on the best path into state s of beat i.
+  std::vector<std::vector<int>> back(n, std::vector<int>(meter, 0));
+  std::vector<double> score(meter, 0.0), next(meter);
+  for (int s = 0; s < meter; ++s) score[s] = s == 0 ? accent[0] - mean : 0.0;
+  for (size_t i = 1; i < n; ++i) {
+    int best_state = int(std::max_element(score.begin(), score.end()) - score.begin());
+    for (int s = 0; s < meter; ++s) {
+      int previous = (s + meter - 1) % meter;
+      double advance = score[previous];
+      double jump = score[best_state] - kPhaseJumpPenalty;
+      back[i][s] = advance >= jump ? previous : best_state;
+      next[s] = std::max(advance, jump) + (s == 0 ? accent[i] - mean : 0.0);
+    }
+    score = next;
+  }
+  int state = int(std::max_element(score.begin(), score.end()) - score.begin());
+  for (size_t i = n; i-- > 0;) {
+    positions[i] = state + 1;
+    state = back[i][state];
+  }
+  return positions;
 }
 
 }  // namespace
@@ -253,23 +305,25 @@ BeatGrid analyze(const audio::Pcm& pcm, const AnalysisOptions& options) {
 
   // Accents: onset peak near each beat above the track's typical flux level.
   long radius = std::max<long>(1, std::lround(kPeakWindowSeconds * frame_rate));
-  double floor = quantile(std::vector<double>(features.flux.begin() + beats.front(),
+  double flux_floor = quantile(std::vector<double>(features.flux.begin() + beats.front(),
                                               features.flux.begin() + beats.back() + 1),
                           0.5);
   std::vector<double> raw_strength = peak_near_beats(features.flux, beats, radius);
-  for (double& v : raw_strength) v = std::max(0.0, v - floor);
+  for (double& v : raw_strength) v = std::max(0.0, v - flux_floor);
   std::vector<double> strengths = robust_unit_scale(raw_strength);
+  for (double& v : strengths) v = std::pow(v, kStrengthExponent);
 
   std::vector<double> low = robust_unit_scale(peak_near_beats(features.low_flux, beats, radius));
   std::vector<double> accent(beats.size());
   for (size_t i = 0; i < beats.size(); ++i)
     accent[i] = low[i] + kDownbeatStrengthWeight * strengths[i];
-  MeterChoice meter = choose_meter(accent);
+  grid.meter = choose_meter(accent);
+  std::vector<int> positions = assign_positions(accent, grid.meter);
 
-  grid.meter = meter.meter;
   for (size_t i = 0; i < beats.size(); ++i) {
-    double time = pcm.start_seconds + double(beats[i]) / frame_rate;
-    int position = int((i + meter.meter - meter.phase) % meter.meter) + 1;
+    double frame = double(beats[i]) + subframe_peak(score, beats[i]);
+    double time = pcm.start_seconds + frame / frame_rate + features.time_offset;
+    int position = positions[i];
     grid.beats.push_back(time);
     grid.positions.push_back(position);
     grid.strengths.push_back(strengths[i]);

@@ -29,6 +29,9 @@ constexpr double kLowBandMaxHz = 200.0;
 constexpr float kLogGain = 1000.0f;
 // The reference level is this quantile of per-frame band maxima, robust to a lone peak.
 constexpr double kReferenceQuantile = 0.99;
+// Flux peaks lead the onset by this fraction of the window (measured on click tracks at
+// 11-96 kHz: 0.21-0.25).
+constexpr double kFluxLeadWindows = 0.23;
 // Floor for level_db so that digital silence gives a finite value.
 constexpr double kLevelFloorDb = -120.0;
 
@@ -118,6 +121,7 @@ OnsetFeatures compute_onset_features(const float* mono, size_t count, int sample
   int hop = std::max(1, int(std::lround(sample_rate / kTargetFrameRate)));
   int fft_size = 1 << std::clamp(int(std::lround(std::log2(kWindowSeconds * sample_rate))), 8, 15);
   features.frame_rate = double(sample_rate) / hop;
+  features.time_offset = kFluxLeadWindows * fft_size / sample_rate;
   size_t frames = count / hop + 1;
 
   std::vector<float> window(fft_size);

@@ -10,6 +10,9 @@ namespace beatfarm::analysis {
 // f / frame_rate seconds after the first sample.
 struct OnsetFeatures {
   double frame_rate = 0.0;         // frames per second (sample_rate / hop, ~100)
+  // Add to frame times to place flux peaks on the sound's onset: a peak shows up before
+  // the onset reaches the window centre (about a quarter window early).
+  double time_offset = 0.0;
   std::vector<float> flux;         // full-band log-mel spectral flux, >= 0, per frame
   std::vector<float> low_flux;     // the same over the bands below ~200 Hz (kick, bass)
   std::vector<float> level_db;     // frame level in dB relative to the loudest frames (<= ~0)

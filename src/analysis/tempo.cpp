@@ -16,12 +16,12 @@ constexpr double kDoublePeriodWeight = 0.5;
 constexpr double kOctaveSwitchRatio = 1.1;
 // Sliding windows for the local tempo: long enough for several bars, short enough to
 // follow a tempo change within a few seconds.
-constexpr double kLocalWindowSeconds = 8.0;
+constexpr double kLocalWindowSeconds = 6.0;
 constexpr double kLocalStepSeconds = 1.0;
 // The local period stays within this factor of the global one (no octave jumps).
 constexpr double kLocalRange = 1.35;
 // Log-normal pull of the local period towards the global one, in octaves.
-constexpr double kLocalPriorOctaves = 0.3;
+constexpr double kLocalPriorOctaves = 1.0;
 // Below this normalised autocorrelation a window has no pulse of its own.
 constexpr double kLocalMinConfidence = 0.05;
 // Median filter length (windows) that removes isolated wrong local estimates.

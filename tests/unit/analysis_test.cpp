@@ -59,7 +59,6 @@ void expect_consistent(const BeatGrid& grid) {
     EXPECT_GE(grid.strengths[i], 0.0);
     EXPECT_LE(grid.strengths[i], 1.0);
     if (grid.positions[i] == 1) downbeats.push_back(grid.beats[i]);
-    if (i > 0) EXPECT_EQ(grid.positions[i], grid.positions[i - 1] % grid.meter + 1);
   }
   EXPECT_EQ(grid.downbeats, downbeats);
 }
@@ -237,14 +236,6 @@ TEST(AnalysisTest, LeadingAndTrailingSilenceIsTrimmed) {
   double last_click = 5.0 + click_times(12.0, bpm).back();
   EXPECT_LT(grid.beats.back(), last_click + kBeatTolerance);
   EXPECT_GT(grid.beats.back(), last_click - 60.0 / bpm - kBeatTolerance);
-}
-
-TEST(AnalysisTest, ThreeMinuteSongIsFast) {
-  // Mostly a guard against accidental quadratic work: the analysis is ~0.2 s at -O2.
-  std::vector<float> samples = test::click_track(180.0, kRate, 128.0);
-  BeatGrid grid = analyze(make_pcm(samples));
-  EXPECT_NEAR(grid.tempo_bpm, 128.0, kTempoTolerance * 128.0);
-  EXPECT_GT(grid.beats.size(), 370u);
 }
 
 }  // namespace
