@@ -1,5 +1,7 @@
 #include "cli/app.h"
 
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +17,10 @@
 #include "farm/mpi_world.h"
 #include "plan/plan_json.h"
 #include "render/preview.h"
+
+extern "C" {
+#include <libavutil/log.h>
+}
 
 namespace beatfarm::cli {
 namespace fs = std::filesystem;
@@ -269,6 +275,9 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
       farm::abort_job(kExitFailure);
     }
   }
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  log_info("peak RSS ", double(usage.ru_maxrss) / 1024.0, " MB");
   farm::barrier_politely(MPI_COMM_WORLD);
   return kExitOk;
 }
@@ -276,6 +285,8 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
 }  // namespace
 
 int main_entry(int argc, char** argv) {
+  // libx264 and the AAC encoder print statistics at info level for every file.
+  av_log_set_level(AV_LOG_ERROR);
   farm::MpiWorld world = farm::init_mpi(&argc, &argv);
   int code = run(world, argc, argv);
   Logger::instance().close_file();

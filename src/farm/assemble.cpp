@@ -1,4 +1,13 @@
+#include <sched.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
 #include <list>
+#include <mutex>
+#include <thread>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -54,6 +63,17 @@ class TaskFrameCache {
   size_t bytes_ = 0;
 };
 
+// Allows this thread (and threads it starts) on every online CPU. Best effort: a cgroup or
+// cpuset may still narrow it, which is what the cluster wants.
+void widen_cpu_affinity() {
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (cpus <= 0 || cpus > CPU_SETSIZE) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (long c = 0; c < cpus; ++c) CPU_SET(c, &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) log_debug("could not widen the CPU affinity");
+}
+
 }  // namespace
 
 void assemble(const plan::Timeline& timeline, const WorkDir& work, const audio::Pcm& audio,
@@ -80,19 +100,80 @@ void assemble(const plan::Timeline& timeline, const WorkDir& work, const audio::
   encode.crf = options.crf;
   encode.preset = options.preset;
   encode.threads = options.threads;
+  // Rank 0 assembles alone while the other ranks sleep: let the encoder's threads use every
+  // core of the node even if the launcher bound this rank to one (x264 threads inherit it).
+  if (options.threads == 0) widen_cpu_affinity();
+  using Clock = std::chrono::steady_clock;
+  auto start = Clock::now();
   video::Mp4Writer writer(options.output, encode, &audio);
-  TaskFrameCache cache(timeline, work);
+  const double audio_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+
+  // A reader thread decodes task files ahead of the encoder (bounded queue of frames).
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::deque<std::vector<uint8_t>> queue;
+  constexpr size_t kQueueFrames = 16;
+  std::exception_ptr reader_error;
+  bool reader_done = false;
+  std::thread reader([&] {
+    try {
+      TaskFrameCache cache(timeline, work);
+      const size_t frame_bytes = size_t(o.width) * o.height * 3;
+      for (const plan::Segment& segment : timeline.segments) {
+        const plan::Task& task = timeline.tasks.at(segment.task);
+        for (int k = 0; k < segment.count; ++k) {
+          const uint8_t* frame = cache.frame(segment.task, plan::source_frame(segment, task, k));
+          std::vector<uint8_t> copy(frame, frame + frame_bytes);
+          std::unique_lock<std::mutex> lock(mutex);
+          changed.wait(lock, [&] { return queue.size() < kQueueFrames || reader_error; });
+          queue.push_back(std::move(copy));
+          changed.notify_all();
+        }
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex);
+      reader_error = std::current_exception();
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    reader_done = true;
+    changed.notify_all();
+  });
   int written = 0;
-  for (const plan::Segment& segment : timeline.segments) {
-    const plan::Task& task = timeline.tasks.at(segment.task);
-    for (int k = 0; k < segment.count; ++k) {
-      writer.write_frame(cache.frame(segment.task, plan::source_frame(segment, task, k)));
+  double encode_seconds = 0.0;
+  try {
+    for (;;) {
+      std::vector<uint8_t> frame;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        changed.wait(lock, [&] { return !queue.empty() || reader_done; });
+        if (queue.empty()) break;
+        frame = std::move(queue.front());
+        queue.pop_front();
+        changed.notify_all();
+      }
+      auto t0 = Clock::now();
+      writer.write_frame(frame.data());
+      encode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
       ++written;
     }
+  } catch (...) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!reader_error) reader_error = std::current_exception();
+      changed.notify_all();
+    }
+    reader.join();
+    std::rethrow_exception(reader_error);
   }
+  reader.join();
+  if (reader_error) std::rethrow_exception(reader_error);
   if (written != timeline.total_frames)
     throw Error(str("assembly wrote ", written, " frames, the plan has ", timeline.total_frames));
+  auto t0 = Clock::now();
   writer.finish();
+  encode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  log_info("assembly: ", written, " frames; encoder busy ", encode_seconds, " s, audio ",
+           audio_seconds, " s, total ", std::chrono::duration<double>(Clock::now() - start).count(), " s");
 }
 
 }  // namespace beatfarm::farm

@@ -12,7 +12,7 @@ namespace {
 
 // Quick-look clips beside the task files: small and fast, not the final quality.
 constexpr int kQuickLookCrf = 23;
-constexpr const char* kQuickLookPreset = "veryfast";
+constexpr const char* kQuickLookPreset = "ultrafast";
 
 double mean_strength(const analysis::BeatGrid& grid) {
   if (grid.strengths.empty()) return 0.5;

@@ -172,16 +172,22 @@ TEST(Plan, HybridRoutingAndFlf2vCap) {
   o.max_flf2v_count = -1;
   o.interpolation_mode = "bim";
   for (const Task& task : make_timeline(grid, o).tasks) {
-    if (task.kind != TaskKind::Peak) EXPECT_EQ(task.method, "bim");
+    if (task.kind != TaskKind::Peak) {
+      EXPECT_EQ(task.method, "bim");
+    }
   }
   o.interpolation_mode = "flf2v";
   for (const Task& task : make_timeline(grid, o).tasks) {
-    if (task.kind != TaskKind::Peak) EXPECT_EQ(task.method, "flf2v");
+    if (task.kind != TaskKind::Peak) {
+      EXPECT_EQ(task.method, "flf2v");
+    }
   }
   o.interpolation_mode = "hybrid";
   o.hybrid_threshold = 0.25;
   for (const Task& task : make_timeline(grid, o).tasks) {
-    if (task.kind != TaskKind::Peak) EXPECT_EQ(task.method, "flf2v");
+    if (task.kind != TaskKind::Peak) {
+      EXPECT_EQ(task.method, "flf2v");
+    }
   }
 }
 
