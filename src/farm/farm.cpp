@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <exception>
 #include <thread>
 
@@ -31,6 +32,23 @@ std::string format_seconds(double s) {
   return buffer;
 }
 
+// Seconds of rendering left: each task at the observed rate of its method, else by cost.
+double estimate_left(const plan::Timeline& timeline, const std::vector<bool>& done,
+                     const std::map<std::string, std::pair<double, double>>& rates,
+                     double seconds_per_cost) {
+  double left = 0.0;
+  for (size_t t = 0; t < timeline.tasks.size(); ++t) {
+    if (done[t]) continue;
+    const plan::Task& task = timeline.tasks[t];
+    auto rate = rates.find(task.method);
+    if (rate != rates.end() && rate->second.second > 0)
+      left += rate->second.first / rate->second.second * task.render_frames;
+    else
+      left += seconds_per_cost * task.cost;
+  }
+  return left;
+}
+
 // Rank 0's dispatcher: answers requests until every rank has been told to stop.
 std::vector<TaskRecord> dispatch(const MpiWorld& world, const plan::Timeline& timeline,
                                  const std::vector<bool>& already_done) {
@@ -41,6 +59,11 @@ std::vector<TaskRecord> dispatch(const MpiWorld& world, const plan::Timeline& ti
   const auto start = std::chrono::steady_clock::now();
   const int to_render = scheduler.total() - scheduler.done();
   int rendered = 0;
+  // Observed seconds per rendered frame for each method, for the ETA.
+  std::map<std::string, std::pair<double, double>> rates;
+  double seconds_per_cost = 0.0, seconds_per_cost_total = 0.0, cost_done_total = 0.0;
+  std::vector<bool> scheduler_done = already_done;
+  scheduler_done.resize(timeline.tasks.size(), false);
   std::deque<int> idle;
   int active = world.size;
   while (active > 0) {
@@ -51,12 +74,16 @@ std::vector<TaskRecord> dispatch(const MpiWorld& world, const plan::Timeline& ti
     wait_politely(&handle, &status);
     if (request.task >= 0) {
       scheduler.mark_done(request.task);
+      scheduler_done[request.task] = true;
       ++rendered;
       request.host[sizeof request.host - 1] = '\0';
       records.push_back({request.task, status.MPI_SOURCE, request.host, request.seconds, false});
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      double cost_left = scheduler.cost_total() - scheduler.cost_skipped() - scheduler.cost_done();
-      double eta = scheduler.cost_done() > 0 ? elapsed / scheduler.cost_done() * cost_left : 0.0;
+      const plan::Task& finished = timeline.tasks[request.task];
+      rates[finished.method].first += request.seconds;
+      rates[finished.method].second += finished.render_frames;
+      seconds_per_cost = (seconds_per_cost_total += request.seconds) / (cost_done_total += finished.cost);
+      double eta = estimate_left(timeline, scheduler_done, rates, seconds_per_cost) / world.size;
       log_info("done ", rendered, "/", to_render, " ", timeline.tasks[request.task].name, " (rank ",
                status.MPI_SOURCE, ", ", format_seconds(request.seconds), ") elapsed ",
                format_seconds(elapsed), " ETA ", format_seconds(eta));

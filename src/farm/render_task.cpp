@@ -118,12 +118,17 @@ double render_task(const plan::Timeline& timeline, const plan::Task& task, const
   quick.crf = kQuickLookCrf;
   quick.preset = kQuickLookPreset;
   quick.threads = 1;  // ranks share the node's cores
+  const auto quick_start = std::chrono::steady_clock::now();
   video::Mp4Writer writer(work.task_mp4(task), quick, nullptr);
   for (int t = 0; t < frames.count; ++t) writer.write_frame(frames.frame(t));
   writer.finish();
+  const auto store_start = std::chrono::steady_clock::now();
   store::write_task_file(work.task_h5(task), frames, attrs);
-
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto end = std::chrono::steady_clock::now();
+  log_debug(task.name, ": render ", render_seconds, " s, quick look ",
+            std::chrono::duration<double>(store_start - quick_start).count(), " s, hdf5 ",
+            std::chrono::duration<double>(end - store_start).count(), " s");
+  return std::chrono::duration<double>(end - start).count();
 }
 
 }  // namespace beatfarm::farm
