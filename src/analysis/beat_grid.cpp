@@ -99,7 +99,8 @@ std::vector<float> detrended_envelope(const std::vector<float>& flux, double fra
 std::vector<double> gaussian_smooth(const std::vector<float>& x, double sigma) {
   int radius = std::max(1, int(std::ceil(3.0 * sigma)));
   std::vector<double> kernel(2 * radius + 1);
-  for (int i = -radius; i <= radius; ++i) kernel[i + radius] = std::exp(-0.5 * (i / sigma) * (i / sigma));
+  for (int i = -radius; i <= radius; ++i)
+    kernel[i + radius] = std::exp(-0.5 * (i / sigma) * (i / sigma));
   long n = long(x.size());
   std::vector<double> out(x.size(), 0.0);
   for (long t = 0; t < n; ++t) {
@@ -293,8 +294,8 @@ BeatGrid analyze(const audio::Pcm& pcm, const AnalysisOptions& options) {
   double frame_rate = features.frame_rate;
   std::vector<float> envelope = detrended_envelope(features.flux, frame_rate);
 
-  TempoEstimate tempo = estimate_tempo(envelope, frame_rate, options.min_bpm, options.max_bpm,
-                                       options.prior_bpm);
+  TempoEstimate tempo =
+      estimate_tempo(envelope, frame_rate, options.min_bpm, options.max_bpm, options.prior_bpm);
   if (tempo.period <= 0.0 || tempo.confidence < kMinPulseConfidence) return grid;
 
   std::vector<double> periods = local_periods(envelope, frame_rate, tempo.period);
@@ -306,8 +307,8 @@ BeatGrid analyze(const audio::Pcm& pcm, const AnalysisOptions& options) {
   // Accents: onset peak near each beat above the track's typical flux level.
   long radius = std::max<long>(1, std::lround(kPeakWindowSeconds * frame_rate));
   double flux_floor = quantile(std::vector<double>(features.flux.begin() + beats.front(),
-                                              features.flux.begin() + beats.back() + 1),
-                          0.5);
+                                                   features.flux.begin() + beats.back() + 1),
+                               0.5);
   std::vector<double> raw_strength = peak_near_beats(features.flux, beats, radius);
   for (double& v : raw_strength) v = std::max(0.0, v - flux_floor);
   std::vector<double> strengths = robust_unit_scale(raw_strength);

@@ -35,8 +35,12 @@ constexpr double kFluxLeadWindows = 0.23;
 // Floor for level_db so that digital silence gives a finite value.
 constexpr double kLevelFloorDb = -120.0;
 
-double hz_to_mel(double hz) { return 2595.0 * std::log10(1.0 + hz / 700.0); }
-double mel_to_hz(double mel) { return 700.0 * (std::pow(10.0, mel / 2595.0) - 1.0); }
+double hz_to_mel(double hz) {
+  return 2595.0 * std::log10(1.0 + hz / 700.0);
+}
+double mel_to_hz(double mel) {
+  return 700.0 * (std::pow(10.0, mel / 2595.0) - 1.0);
+}
 
 struct AvFree {
   void operator()(void* p) const { av_free(p); }
@@ -50,7 +54,8 @@ class RealFft {
     if (av_tx_init(&context_, &transform_, AV_TX_FLOAT_RDFT, 0, size, &scale, 0) < 0)
       throw Error(str("analysis: cannot set up a ", size, "-point FFT"));
     input_.reset(static_cast<float*>(av_mallocz(sizeof(float) * (size + 2))));
-    output_.reset(static_cast<AVComplexFloat*>(av_mallocz(sizeof(AVComplexFloat) * (size / 2 + 1))));
+    output_.reset(
+        static_cast<AVComplexFloat*>(av_mallocz(sizeof(AVComplexFloat) * (size / 2 + 1))));
     if (!input_ || !output_) {
       av_tx_uninit(&context_);
       throw Error("analysis: out of memory for the FFT");

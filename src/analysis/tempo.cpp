@@ -58,12 +58,14 @@ double value_at(const std::vector<double>& r, double lag) {
   return r[i] * (1.0 - frac) + r[i + 1] * frac;
 }
 
-double positive(double v) { return v > 0.0 ? v : 0.0; }
+double positive(double v) {
+  return v > 0.0 ? v : 0.0;
+}
 
 }  // namespace
 
-TempoEstimate estimate_tempo(const std::vector<float>& envelope, double frame_rate,
-                             double min_bpm, double max_bpm, double prior_bpm) {
+TempoEstimate estimate_tempo(const std::vector<float>& envelope, double frame_rate, double min_bpm,
+                             double max_bpm, double prior_bpm) {
   TempoEstimate estimate;
   size_t n = envelope.size();
   if (n < 8 || frame_rate <= 0.0 || min_bpm <= 0.0 || max_bpm <= min_bpm) return estimate;
@@ -79,7 +81,8 @@ TempoEstimate estimate_tempo(const std::vector<float>& envelope, double frame_ra
     double bpm = frame_rate * 60.0 / lag;
     double octaves = std::log2(bpm / prior_bpm) / kPriorOctaves;
     double prior = std::exp(-0.5 * octaves * octaves);
-    return prior * (positive(value_at(r, lag)) + kDoublePeriodWeight * positive(value_at(r, 2 * lag)));
+    return prior *
+           (positive(value_at(r, lag)) + kDoublePeriodWeight * positive(value_at(r, 2 * lag)));
   };
   std::vector<double> scores(size_t(last) + 2, 0.0);
   int best = first;

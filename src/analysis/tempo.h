@@ -13,8 +13,8 @@ struct TempoEstimate {
 // Global tempo: autocorrelation of the envelope over [min_bpm, max_bpm], weighted by a
 // log-normal prior around prior_bpm, with the double period reinforcing each candidate
 // and an explicit octave check between T, 2T and T/2.
-TempoEstimate estimate_tempo(const std::vector<float>& envelope, double frame_rate,
-                             double min_bpm, double max_bpm, double prior_bpm);
+TempoEstimate estimate_tempo(const std::vector<float>& envelope, double frame_rate, double min_bpm,
+                             double max_bpm, double prior_bpm);
 
 // Per-frame beat period (frames) that follows tempo changes: the autocorrelation of
 // sliding windows searched within about +-35% of global_period, median-smoothed. Falls

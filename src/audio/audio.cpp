@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/av_handles.h"
 #include "common/error.h"
 
 extern "C" {
@@ -24,26 +25,7 @@ extern "C" {
 namespace beatfarm::audio {
 namespace {
 
-struct InputDeleter {
-  void operator()(AVFormatContext* c) const { avformat_close_input(&c); }
-};
-struct CodecDeleter {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FrameDeleter {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct PacketDeleter {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct SwrDeleter {
-  void operator()(SwrContext* s) const { swr_free(&s); }
-};
-using InputPtr = std::unique_ptr<AVFormatContext, InputDeleter>;
-using CodecPtr = std::unique_ptr<AVCodecContext, CodecDeleter>;
-using FramePtr = std::unique_ptr<AVFrame, FrameDeleter>;
-using PacketPtr = std::unique_ptr<AVPacket, PacketDeleter>;
-using SwrPtr = std::unique_ptr<SwrContext, SwrDeleter>;
+using namespace beatfarm::av;  // the owning libav handle types
 
 // AVChannelLayout owns memory for custom orders: uninit it on every path.
 struct Layout {
@@ -53,13 +35,6 @@ struct Layout {
   Layout& operator=(const Layout&) = delete;
   ~Layout() { av_channel_layout_uninit(&value); }
 };
-
-// av_err2str is a C compound-literal macro that does not compile as C++.
-std::string av_error(int code) {
-  char buffer[AV_ERROR_MAX_STRING_SIZE] = {0};
-  av_strerror(code, buffer, sizeof(buffer));
-  return buffer;
-}
 
 std::string label(const std::string& path) {
   return "audio file '" + path + "'";
@@ -89,25 +64,25 @@ Source open_source(const std::string& path) {
   Source source;
   AVFormatContext* raw = nullptr;
   int err = avformat_open_input(&raw, path.c_str(), nullptr, nullptr);
-  if (err < 0) fail_decode(path, av_error(err));
+  if (err < 0) fail_decode(path, av::error_string(err));
   source.format.reset(raw);
   err = avformat_find_stream_info(raw, nullptr);
-  if (err < 0) fail_decode(path, av_error(err));
+  if (err < 0) fail_decode(path, av::error_string(err));
 
   const AVCodec* decoder = nullptr;
   int index = av_find_best_stream(raw, AVMEDIA_TYPE_AUDIO, -1, -1, &decoder, 0);
   if (index == AVERROR_STREAM_NOT_FOUND) throw InputError(label(path) + " has no audio stream");
-  if (index < 0 || !decoder) fail_decode(path, av_error(index));
+  if (index < 0 || !decoder) fail_decode(path, av::error_string(index));
   source.stream = raw->streams[index];
 
   source.codec.reset(avcodec_alloc_context3(decoder));
   if (!source.codec) fail_decode(path, "out of memory");
   err = avcodec_parameters_to_context(source.codec.get(), source.stream->codecpar);
-  if (err < 0) fail_decode(path, av_error(err));
+  if (err < 0) fail_decode(path, av::error_string(err));
   // Lets the decoder shift frame pts when it trims encoder priming (mp3, aac).
   source.codec->pkt_timebase = source.stream->time_base;
   err = avcodec_open2(source.codec.get(), decoder, nullptr);
-  if (err < 0) fail_decode(path, av_error(err));
+  if (err < 0) fail_decode(path, av::error_string(err));
   if (source.codec->sample_rate <= 0 || source.codec->ch_layout.nb_channels <= 0) {
     fail_decode(path, "no sample rate or channel count in the audio stream");
   }
@@ -201,7 +176,7 @@ class Decoding {
         }
         break;
       }
-      if (err < 0) fail_decode(path_, av_error(err));
+      if (err < 0) fail_decode(path_, av::error_string(err));
       if (packet->stream_index != source_.stream->index) {
         av_packet_unref(packet.get());
         continue;
@@ -217,7 +192,8 @@ class Decoding {
     }
     flush_resampler();
     if (frames_decoded_ == 0) {
-      fail_decode(path_, last_error_ < 0 ? av_error(last_error_) : "no audio frames in the stream");
+      fail_decode(
+          path_, last_error_ < 0 ? av::error_string(last_error_) : "no audio frames in the stream");
     }
   }
 
@@ -246,7 +222,7 @@ class Decoding {
     int err = av_seek_frame(source_.format.get(), stream->index, stream_start(stream),
                             AVSEEK_FLAG_BACKWARD);
     if (err < 0) err = avformat_seek_file(source_.format.get(), -1, INT64_MIN, 0, 0, 0);
-    if (err < 0) fail_decode(path_, "cannot seek back to the start: " + av_error(err));
+    if (err < 0) fail_decode(path_, "cannot seek back to the start: " + av::error_string(err));
     avcodec_flush_buffers(source_.codec.get());
   }
 
@@ -343,10 +319,10 @@ class Decoding {
     int err = swr_alloc_set_opts2(&raw, &out_layout.value, AV_SAMPLE_FMT_FLT, out_rate_,
                                   &src_layout.value, static_cast<AVSampleFormat>(in_format_),
                                   in_rate_, 0, nullptr);
-    if (err < 0) fail_decode(path_, "resampler: " + av_error(err));
+    if (err < 0) fail_decode(path_, "resampler: " + av::error_string(err));
     swr_.reset(raw);
     err = swr_init(raw);
-    if (err < 0) fail_decode(path_, "resampler: " + av_error(err));
+    if (err < 0) fail_decode(path_, "resampler: " + av::error_string(err));
   }
 
   void feed_silence(int64_t frames) {
@@ -360,12 +336,12 @@ class Decoding {
   void convert(const uint8_t** in, int count) {
     if (!swr_) return;
     int room = swr_get_out_samples(swr_.get(), count);
-    if (room < 0) fail_decode(path_, "resampler: " + av_error(room));
+    if (room < 0) fail_decode(path_, "resampler: " + av::error_string(room));
     size_t used = pcm_.samples.size();
     pcm_.samples.resize(used + static_cast<size_t>(room) * out_channels_);
     uint8_t* out = reinterpret_cast<uint8_t*>(pcm_.samples.data() + used);
     int got = swr_convert(swr_.get(), &out, room, in, count);
-    if (got < 0) fail_decode(path_, "resampler: " + av_error(got));
+    if (got < 0) fail_decode(path_, "resampler: " + av::error_string(got));
     pcm_.samples.resize(used + static_cast<size_t>(got) * out_channels_);
   }
 

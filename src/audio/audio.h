@@ -35,7 +35,6 @@ AudioInfo probe(const std::string& path);
 // stereo). Exactly round((end - start) * rate) frames are returned when end is given (the
 // tail is zero-padded if the stream stops a few samples early). Throws InputError naming the
 // file on decode failure.
-Pcm decode(const std::string& path, double start, double end, int target_rate,
-           int target_channels);
+Pcm decode(const std::string& path, double start, double end, int target_rate, int target_channels);
 
 }  // namespace beatfarm::audio

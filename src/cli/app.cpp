@@ -46,8 +46,10 @@ struct Job {
 
 json job_to_json(const Job& job) {
   std::vector<int> done(job.already_done.begin(), job.already_done.end());
-  return {{"options", all_values(job.options)}, {"work_dir", job.work.root},
-          {"plan", plan::to_json(job.timeline)}, {"done", done}};
+  return {{"options", all_values(job.options)},
+          {"work_dir", job.work.root},
+          {"plan", plan::to_json(job.timeline)},
+          {"done", done}};
 }
 
 Job job_from_json(const json& j) {
@@ -77,7 +79,8 @@ std::string read_text(const std::string& path) {
 void load_resumed_options(Options& options) {
   std::string work_dir = options.resume;
   std::string plan_path = work_dir + "/plan.json";
-  if (!fs::is_directory(work_dir)) throw InputError(str("--resume '", work_dir, "' is not a directory"));
+  if (!fs::is_directory(work_dir))
+    throw InputError(str("--resume '", work_dir, "' is not a directory"));
   if (!fs::exists(plan_path))
     throw InputError(str("--resume '", work_dir, "' holds no plan.json: not a beatfarm work dir"));
   json stored;
@@ -90,9 +93,11 @@ void load_resumed_options(Options& options) {
   if (!options.audio.empty()) options.audio = fs::absolute(options.audio).string();
   auto now = job_defining_values(options);
   for (const auto& [name, value] : now) {
-    if (!options.explicitly_set.count(name) || !values.count(name) || values.at(name) == value) continue;
-    throw InputError(str("--", name, " '", value, "' differs from the resumed job's '", values.at(name),
-                         "' (", plan_path, "); start a new job in another --work-dir to change it"));
+    if (!options.explicitly_set.count(name) || !values.count(name) || values.at(name) == value)
+      continue;
+    throw InputError(str("--", name, " '", value, "' differs from the resumed job's '",
+                         values.at(name), "' (", plan_path,
+                         "); start a new job in another --work-dir to change it"));
   }
   Options resumed;
   apply_values(resumed, values);
@@ -112,8 +117,10 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
   options = parse_options(argc, argv);
   if (options.help || options.version) {
     *status = kSetupHelp;
-    if (options.help) std::printf("%s\n", options.help_text.c_str());
-    else std::printf("beatfarm %s\n", BEATFARM_VERSION);
+    if (options.help)
+      std::printf("%s\n", options.help_text.c_str());
+    else
+      std::printf("beatfarm %s\n", BEATFARM_VERSION);
     return job;
   }
   if (!options.resume.empty()) load_resumed_options(options);
@@ -124,11 +131,13 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
 
   job.work.root = options.work_dir.empty() ? farm::default_work_dir_name() : options.work_dir;
   if (options.resume.empty() && fs::exists(job.work.plan_json()))
-    throw InputError(str("--work-dir '", job.work.root, "' already holds a job (plan.json); continue it with --resume ",
+    throw InputError(str("--work-dir '", job.work.root,
+                         "' already holds a job (plan.json); continue it with --resume ",
                          job.work.root, " or choose another --work-dir"));
   job.work.create();
   Logger::instance().open_file(job.work.rank_log(0));
-  log_info("beatfarm ", BEATFARM_VERSION, ": ", options.backend == "preview"
+  log_info("beatfarm ", BEATFARM_VERSION, ": ",
+           options.backend == "preview"
                ? "preview backend: a procedural animatic for checking the cut, not generated video"
                : "backend " + options.backend);
 
@@ -187,15 +196,25 @@ void write_report(const Job& job, const std::vector<farm::TaskRecord>& records, 
   json tasks = json::array();
   for (const farm::TaskRecord& r : records) {
     const plan::Task& task = job.timeline.tasks.at(r.task);
-    tasks.push_back({{"name", task.name}, {"kind", plan::to_string(task.kind)},
-                     {"method", task.method}, {"frames", task.render_frames}, {"rank", r.rank},
-                     {"host", r.host}, {"seconds", r.seconds}, {"resumed", r.resumed}});
+    tasks.push_back({{"name", task.name},
+                     {"kind", plan::to_string(task.kind)},
+                     {"method", task.method},
+                     {"frames", task.render_frames},
+                     {"rank", r.rank},
+                     {"host", r.host},
+                     {"seconds", r.seconds},
+                     {"resumed", r.resumed}});
   }
-  json report = {{"output", job.options.output}, {"backend", job.options.backend},
-                 {"ranks", ranks}, {"frames", job.timeline.total_frames},
-                 {"fps", job.timeline.options.fps}, {"analysis_seconds", job.analysis_seconds},
-                 {"render_seconds", render_seconds}, {"assemble_seconds", assemble_seconds},
-                 {"total_seconds", total_seconds}, {"tasks", tasks}};
+  json report = {{"output", job.options.output},
+                 {"backend", job.options.backend},
+                 {"ranks", ranks},
+                 {"frames", job.timeline.total_frames},
+                 {"fps", job.timeline.options.fps},
+                 {"analysis_seconds", job.analysis_seconds},
+                 {"render_seconds", render_seconds},
+                 {"assemble_seconds", assemble_seconds},
+                 {"total_seconds", total_seconds},
+                 {"tasks", tasks}};
   farm::write_file_atomically(job.work.report_json(), report.dump(1) + "\n");
 }
 
@@ -267,11 +286,12 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
       double total = seconds_since(job_start);
       write_report(job, records, world.size, render_seconds, assemble_seconds, total);
       log_info("wrote ", o.output, " (", job.timeline.total_frames, " frames, ",
-               double(job.timeline.total_frames) / job.timeline.options.fps, " s) in ",
-               total, " s with ", world.size, " ranks; work dir ", job.work.root);
+               double(job.timeline.total_frames) / job.timeline.options.fps, " s) in ", total,
+               " s with ", world.size, " ranks; work dir ", job.work.root);
     } catch (const std::exception& e) {
       log_error(e.what());
-      log_error("the rendered tasks stay in ", job.work.root, "; continue with --resume ", job.work.root);
+      log_error("the rendered tasks stay in ", job.work.root, "; continue with --resume ",
+                job.work.root);
       farm::abort_job(kExitFailure);
     }
   }

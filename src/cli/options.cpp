@@ -75,20 +75,20 @@ void check_enum(const std::string& name, const std::string& value,
 
 #define BF_STRING(field) \
   [](Options& o, const std::string& v) { o.field = v; }, [](const Options& o) { return o.field; }
-#define BF_INT(name, field)                                                         \
+#define BF_INT(name, field)                                                        \
   [](Options& o, const std::string& v) { o.field = int(parse_integer(name, v)); }, \
       [](const Options& o) { return std::to_string(o.field); }
-#define BF_DOUBLE(name, field)                                                 \
+#define BF_DOUBLE(name, field)                                               \
   [](Options& o, const std::string& v) { o.field = parse_number(name, v); }, \
       [](const Options& o) { return format_double(o.field); }
-#define BF_BOOL(name, field)                                                 \
+#define BF_BOOL(name, field)                                               \
   [](Options& o, const std::string& v) { o.field = parse_bool(name, v); }, \
       [](const Options& o) { return std::string(o.field ? "true" : "false"); }
-#define BF_ENUM(name, field, ...)                                \
-  [](Options& o, const std::string& v) {                         \
-    check_enum(name, v, {__VA_ARGS__});                          \
-    o.field = v;                                                 \
-  },                                                             \
+#define BF_ENUM(name, field, ...)        \
+  [](Options& o, const std::string& v) { \
+    check_enum(name, v, {__VA_ARGS__});  \
+    o.field = v;                         \
+  },                                     \
       [](const Options& o) { return o.field; }
 
 const std::vector<std::string> kX264Presets = {"ultrafast", "superfast", "veryfast", "faster",
@@ -100,22 +100,27 @@ const std::vector<OptionSpec>& option_table() {
       {"audio", "Required", "input audio file (any format FFmpeg reads)", false, BF_STRING(audio)},
       {"output", "Required", "output video file path (.mp4)", false, BF_STRING(output)},
 
-      {"model", "Video generation", "Wan T2V model id or local Diffusers folder", false, BF_STRING(model)},
+      {"model", "Video generation", "Wan T2V model id or local Diffusers folder", false,
+       BF_STRING(model)},
       {"width", "Video generation", "frame width, a multiple of 16", false, BF_INT("width", width)},
-      {"height", "Video generation", "frame height, a multiple of 16", false, BF_INT("height", height)},
+      {"height", "Video generation", "frame height, a multiple of 16", false,
+       BF_INT("height", height)},
       {"num-peak-clips", "Video generation", "number of peak clips to generate", false,
        BF_INT("num-peak-clips", num_peak_clips)},
       {"peak-len", "Video generation", "length of each peak clip in seconds", false,
        BF_DOUBLE("peak-len", peak_len)},
-      {"batch-size", "Video generation", "generation batch size", false, BF_INT("batch-size", batch_size)},
+      {"batch-size", "Video generation", "generation batch size", false,
+       BF_INT("batch-size", batch_size)},
       {"mode", "Video generation",
        "per-clip: one generation per peak clip; sliced: one long generation cut into clips", false,
        BF_ENUM("mode", mode, "per-clip", "sliced")},
       {"backend", "Video generation",
        "wan: the Wan pipelines; preview: procedural animatic, no model weights", false,
        BF_ENUM("backend", backend, "wan", "preview")},
-      {"fps", "Video generation", "output frame rate (Wan's native rate is 16)", false, BF_INT("fps", fps)},
-      {"seed", "Video generation", "job seed; each task's seed derives from it and the task id", false,
+      {"fps", "Video generation", "output frame rate (Wan's native rate is 16)", false,
+       BF_INT("fps", fps)},
+      {"seed", "Video generation", "job seed; each task's seed derives from it and the task id",
+       false,
        [](Options& o, const std::string& v) {
          long long s = parse_integer("seed", v);
          if (s < 0) throw InputError(str("--seed '", v, "' must not be negative"));
@@ -126,49 +131,56 @@ const std::vector<OptionSpec>& option_table() {
       {"interpolation-mode", "Interpolation",
        "hybrid: FLF2V for long gaps, BiM-VFI for short; flf2v: all FLF2V; bim: all BiM-VFI", false,
        BF_ENUM("interpolation-mode", interpolation_mode, "hybrid", "flf2v", "bim")},
-      {"hybrid-threshold", "Interpolation", "gap length in seconds from which hybrid uses FLF2V", false,
-       BF_DOUBLE("hybrid-threshold", hybrid_threshold)},
-      {"max-flf2v-count", "Interpolation", "maximum FLF2V uses, -1 = unlimited (longest gaps first)",
-       false, BF_INT("max-flf2v-count", max_flf2v_count)},
+      {"hybrid-threshold", "Interpolation", "gap length in seconds from which hybrid uses FLF2V",
+       false, BF_DOUBLE("hybrid-threshold", hybrid_threshold)},
+      {"max-flf2v-count", "Interpolation",
+       "maximum FLF2V uses, -1 = unlimited (longest gaps first)", false,
+       BF_INT("max-flf2v-count", max_flf2v_count)},
       {"flf2v-model", "Interpolation", "Wan first-last-frame model id or local folder", false,
        BF_STRING(flf2v_model)},
 
-      {"prompt-style", "Prompts", "abstract|nature|cosmic|urban|fantasy|particle (or a style of --styles)",
-       false, BF_STRING(prompt_style)},
+      {"prompt-style", "Prompts",
+       "abstract|nature|cosmic|urban|fantasy|particle (or a style of --styles)", false,
+       BF_STRING(prompt_style)},
       {"peak-prompt", "Prompts", "custom prompt for peak clips", false, BF_STRING(peak_prompt)},
       {"transition-prompt", "Prompts", "custom prompt for transition clips", false,
        BF_STRING(transition_prompt)},
       {"negative-prompt", "Prompts", "custom negative prompt", false, BF_STRING(negative_prompt)},
-      {"styles", "Prompts", "INI file of prompt styles (default: the built-in configs/prompt_styles.ini)",
-       false, BF_STRING(styles_file)},
+      {"styles", "Prompts",
+       "INI file of prompt styles (default: the built-in configs/prompt_styles.ini)", false,
+       BF_STRING(styles_file)},
 
-      {"peak-thresh", "Beat detection", "beat strength (0..1) from which a beat can carry a peak clip",
-       false, BF_DOUBLE("peak-thresh", peak_thresh)},
+      {"peak-thresh", "Beat detection",
+       "beat strength (0..1) from which a beat can carry a peak clip", false,
+       BF_DOUBLE("peak-thresh", peak_thresh)},
 
       {"audio-start", "Audio range", "start of the used audio in seconds", false,
        BF_DOUBLE("audio-start", audio_start)},
-      {"audio-end", "Audio range", "end of the used audio in seconds (default: the end of the song)",
-       false, BF_DOUBLE("audio-end", audio_end)},
+      {"audio-end", "Audio range",
+       "end of the used audio in seconds (default: the end of the song)", false,
+       BF_DOUBLE("audio-end", audio_end)},
 
       {"cpu-offload", "Performance", "model|sequential|none", false,
        BF_ENUM("cpu-offload", cpu_offload, "model", "sequential", "none")},
-      {"device-map", "Performance", "auto|balanced: split models tensor-parallel over a group of ranks",
-       false, BF_ENUM("device-map", device_map, "", "none", "auto", "balanced")},
+      {"device-map", "Performance",
+       "auto|balanced: split models tensor-parallel over a group of ranks", false,
+       BF_ENUM("device-map", device_map, "", "none", "auto", "balanced")},
       {"hf-token", "Performance", "Hugging Face token (only shown in download hints, never logged)",
        false, BF_STRING(hf_token)},
       {"cache-dir", "Performance", "Hugging Face cache directory", false, BF_STRING(cache_dir)},
       {"local-files-only", "Performance", "use only the local cache", true,
        BF_BOOL("local-files-only", local_files_only)},
-      {"threads", "Performance", "compute threads per rank (0: the node's cores / its ranks)", false,
-       BF_INT("threads", threads)},
+      {"threads", "Performance", "compute threads per rank (0: the node's cores / its ranks)",
+       false, BF_INT("threads", threads)},
 
       {"work-dir", "Job", "work directory (default: work_YYYYMMDD_HHMMSS in the current directory)",
        false, BF_STRING(work_dir)},
       {"resume", "Job", "continue the job in this work dir: render only missing or invalid tasks",
        false, BF_STRING(resume)},
-      {"config", "Job", "INI file of options (see configs/); command line and environment win", false,
-       BF_STRING(config)},
-      {"crf", "Encoding", "libx264 constant rate factor (0..51, lower is better)", false, BF_INT("crf", crf)},
+      {"config", "Job", "INI file of options (see configs/); command line and environment win",
+       false, BF_STRING(config)},
+      {"crf", "Encoding", "libx264 constant rate factor (0..51, lower is better)", false,
+       BF_INT("crf", crf)},
       {"preset", "Encoding", "libx264 preset (ultrafast..veryslow)", false,
        [](Options& o, const std::string& v) {
          check_enum("preset", v, kX264Presets);
@@ -196,7 +208,8 @@ po::options_description make_description(std::map<std::string, std::string>& def
   po::options_description all("beatfarm options");
   std::vector<std::string> groups;
   for (const OptionSpec& spec : option_table())
-    if (std::find(groups.begin(), groups.end(), spec.group) == groups.end()) groups.push_back(spec.group);
+    if (std::find(groups.begin(), groups.end(), spec.group) == groups.end())
+      groups.push_back(spec.group);
   Options defaults_holder;
   for (const std::string& group : groups) {
     po::options_description section(group);
@@ -275,7 +288,8 @@ Options parse_options(int argc, const char* const* argv) {
                                       const std::string prefix = "BEATFARM_";
                                       if (variable.rfind(prefix, 0) != 0) return "";
                                       std::string name = variable.substr(prefix.size());
-                                      for (char& c : name) c = c == '_' ? '-' : char(std::tolower(c));
+                                      for (char& c : name)
+                                        c = c == '_' ? '-' : char(std::tolower(c));
                                       return find_spec(name) ? name : "";
                                     }),
               vm);
@@ -322,7 +336,8 @@ std::map<std::string, PromptStyle> parse_prompt_styles(const std::string& text,
     std::string t = trim(line);
     if (t.empty() || t[0] == '#' || t[0] == ';') continue;
     if (t.front() == '[') {
-      if (t.back() != ']') throw InputError(str(origin, ":", line_number, ": malformed section '", t, "'"));
+      if (t.back() != ']')
+        throw InputError(str(origin, ":", line_number, ": malformed section '", t, "'"));
       section = trim(t.substr(1, t.size() - 2));
       styles[section];
       continue;
@@ -332,10 +347,15 @@ std::map<std::string, PromptStyle> parse_prompt_styles(const std::string& text,
       throw InputError(str(origin, ":", line_number, ": expected 'key = value' inside a [style]"));
     std::string key = trim(t.substr(0, eq)), value = trim(t.substr(eq + 1));
     PromptStyle& style = styles[section];
-    if (key == "peak") style.peak = value;
-    else if (key == "transition") style.transition = value;
-    else if (key == "negative") style.negative = value;
-    else throw InputError(str(origin, ":", line_number, ": unknown key '", key, "' (peak, transition, negative)"));
+    if (key == "peak")
+      style.peak = value;
+    else if (key == "transition")
+      style.transition = value;
+    else if (key == "negative")
+      style.negative = value;
+    else
+      throw InputError(
+          str(origin, ":", line_number, ": unknown key '", key, "' (peak, transition, negative)"));
   }
   for (const auto& [name, style] : styles)
     if (style.peak.empty() || style.transition.empty())
@@ -345,9 +365,11 @@ std::map<std::string, PromptStyle> parse_prompt_styles(const std::string& text,
 }
 
 std::map<std::string, PromptStyle> load_prompt_styles(const Options& options) {
-  if (options.styles_file.empty()) return parse_prompt_styles(kEmbeddedPromptStyles, "built-in prompt_styles.ini");
+  if (options.styles_file.empty())
+    return parse_prompt_styles(kEmbeddedPromptStyles, "built-in prompt_styles.ini");
   std::ifstream in(options.styles_file);
-  if (!in) throw InputError(str("--styles '", options.styles_file, "' does not exist or is not readable"));
+  if (!in)
+    throw InputError(str("--styles '", options.styles_file, "' does not exist or is not readable"));
   std::stringstream text;
   text << in.rdbuf();
   return parse_prompt_styles(text.str(), options.styles_file);
@@ -360,20 +382,28 @@ void validate_options(Options& o) {
     throw InputError(str("--width ", o.width, " must be a positive multiple of 16"));
   if (o.height <= 0 || o.height % 16 != 0)
     throw InputError(str("--height ", o.height, " must be a positive multiple of 16"));
-  if (o.num_peak_clips <= 0) throw InputError(str("--num-peak-clips ", o.num_peak_clips, " must be positive"));
+  if (o.num_peak_clips <= 0)
+    throw InputError(str("--num-peak-clips ", o.num_peak_clips, " must be positive"));
   if (!(o.peak_len > 0)) throw InputError(str("--peak-len ", o.peak_len, " must be positive"));
   if (o.batch_size <= 0) throw InputError(str("--batch-size ", o.batch_size, " must be positive"));
-  if (o.fps <= 0 || o.fps > 240) throw InputError(str("--fps ", o.fps, " must be between 1 and 240"));
+  if (o.fps <= 0 || o.fps > 240)
+    throw InputError(str("--fps ", o.fps, " must be between 1 and 240"));
   if (std::llround(o.peak_len * o.fps) < 1)
     throw InputError(str("--peak-len ", o.peak_len, " is shorter than one frame at --fps ", o.fps));
-  if (o.hybrid_threshold < 0) throw InputError(str("--hybrid-threshold ", o.hybrid_threshold, " must not be negative"));
-  if (o.max_flf2v_count < -1) throw InputError(str("--max-flf2v-count ", o.max_flf2v_count, " must be -1 (unlimited) or more"));
-  if (o.peak_thresh < 0 || o.peak_thresh > 1) throw InputError(str("--peak-thresh ", o.peak_thresh, " must be within 0..1"));
+  if (o.hybrid_threshold < 0)
+    throw InputError(str("--hybrid-threshold ", o.hybrid_threshold, " must not be negative"));
+  if (o.max_flf2v_count < -1)
+    throw InputError(
+        str("--max-flf2v-count ", o.max_flf2v_count, " must be -1 (unlimited) or more"));
+  if (o.peak_thresh < 0 || o.peak_thresh > 1)
+    throw InputError(str("--peak-thresh ", o.peak_thresh, " must be within 0..1"));
   if (o.crf < 0 || o.crf > 51) throw InputError(str("--crf ", o.crf, " must be within 0..51"));
   if (o.threads < 0) throw InputError(str("--threads ", o.threads, " must not be negative"));
-  if (o.audio_start < 0) throw InputError(str("--audio-start ", o.audio_start, " must not be negative"));
+  if (o.audio_start < 0)
+    throw InputError(str("--audio-start ", o.audio_start, " must not be negative"));
   if (o.audio_end >= 0 && o.audio_end <= o.audio_start)
-    throw InputError(str("--audio-end ", o.audio_end, " must be after --audio-start ", o.audio_start));
+    throw InputError(
+        str("--audio-end ", o.audio_end, " must be after --audio-start ", o.audio_start));
 
   auto styles = load_prompt_styles(o);
   if (!styles.count(o.prompt_style)) {
@@ -386,10 +416,12 @@ void validate_options(Options& o) {
   fs::path output(o.output);
   fs::path folder = output.parent_path().empty() ? fs::path(".") : output.parent_path();
   if (!fs::is_directory(folder))
-    throw InputError(str("--output '", o.output, "': folder '", folder.string(), "' does not exist"));
+    throw InputError(
+        str("--output '", o.output, "': folder '", folder.string(), "' does not exist"));
   if (fs::is_directory(output)) throw InputError(str("--output '", o.output, "' is a directory"));
   if (access(folder.c_str(), W_OK) != 0)
-    throw InputError(str("--output '", o.output, "': folder '", folder.string(), "' is not writable"));
+    throw InputError(
+        str("--output '", o.output, "': folder '", folder.string(), "' is not writable"));
 
   if (o.backend == "wan")
     throw InputError(
@@ -407,7 +439,8 @@ void validate_options(Options& o) {
   if (o.audio_end < 0) o.audio_end = info.duration_seconds;
   o.audio_end = std::min(o.audio_end, info.duration_seconds);
   if (std::llround((o.audio_end - o.audio_start) * o.fps) < 1)
-    throw InputError(str("the audio range ", o.audio_start, "..", o.audio_end, " s is shorter than one frame"));
+    throw InputError(
+        str("the audio range ", o.audio_start, "..", o.audio_end, " s is shorter than one frame"));
 }
 
 plan::PlanOptions plan_options(const Options& o) {
@@ -436,11 +469,27 @@ plan::PlanOptions plan_options(const Options& o) {
 }
 
 std::map<std::string, std::string> job_defining_values(const Options& o) {
-  static const char* names[] = {
-      "audio", "audio-start", "audio-end", "width", "height", "fps", "mode", "backend", "model",
-      "flf2v-model", "num-peak-clips", "peak-len", "peak-thresh", "interpolation-mode",
-      "hybrid-threshold", "max-flf2v-count", "prompt-style", "peak-prompt", "transition-prompt",
-      "negative-prompt", "seed"};
+  static const char* names[] = {"audio",
+                                "audio-start",
+                                "audio-end",
+                                "width",
+                                "height",
+                                "fps",
+                                "mode",
+                                "backend",
+                                "model",
+                                "flf2v-model",
+                                "num-peak-clips",
+                                "peak-len",
+                                "peak-thresh",
+                                "interpolation-mode",
+                                "hybrid-threshold",
+                                "max-flf2v-count",
+                                "prompt-style",
+                                "peak-prompt",
+                                "transition-prompt",
+                                "negative-prompt",
+                                "seed"};
   std::map<std::string, std::string> values;
   for (const char* name : names) values[name] = find_spec(name)->get(o);
   return values;

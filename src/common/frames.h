@@ -8,9 +8,9 @@
 namespace beatfarm {
 
 struct FrameStack {
-  int count = 0;   // T
-  int height = 0;  // H
-  int width = 0;   // W
+  int count = 0;             // T
+  int height = 0;            // H
+  int width = 0;             // W
   std::vector<uint8_t> rgb;  // [T, H, W, 3], row-major, interleaved RGB
 
   FrameStack() = default;

@@ -25,7 +25,9 @@ void Logger::close_file() {
 
 void Logger::write(LogLevel level, const std::string& message) {
   if (level < level_) return;
-  const char* tag = level == LogLevel::Error ? "error: " : level == LogLevel::Warn ? "warning: " : "";
+  const char* tag = level == LogLevel::Error  ? "error: "
+                    : level == LogLevel::Warn ? "warning: "
+                                              : "";
   std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", std::localtime(&now));

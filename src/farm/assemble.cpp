@@ -6,10 +6,10 @@
 #include <deque>
 #include <exception>
 #include <list>
-#include <mutex>
-#include <thread>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -24,7 +24,8 @@ constexpr size_t kFrameCacheBytes = size_t(2) << 30;
 
 class TaskFrameCache {
  public:
-  TaskFrameCache(const plan::Timeline& timeline, const WorkDir& work) : timeline_(timeline), work_(work) {}
+  TaskFrameCache(const plan::Timeline& timeline, const WorkDir& work)
+      : timeline_(timeline), work_(work) {}
 
   const uint8_t* frame(int task, int index) {
     auto found = entries_.find(task);
@@ -86,8 +87,11 @@ void assemble(const plan::Timeline& timeline, const WorkDir& work, const audio::
     const plan::Task& task = timeline.tasks.at(segment.task);
     std::vector<int> sources;
     for (int k = 0; k < segment.count; ++k) sources.push_back(plan::source_frame(segment, task, k));
-    manifest.push_back({{"segment", s}, {"kind", segment.kind}, {"task", task.name},
-                        {"out_start", segment.out_start}, {"count", segment.count},
+    manifest.push_back({{"segment", s},
+                        {"kind", segment.kind},
+                        {"task", task.name},
+                        {"out_start", segment.out_start},
+                        {"count", segment.count},
                         {"t_start", o.audio_start + double(segment.out_start) / o.fps},
                         {"source_frames", sources}});
   }
@@ -173,7 +177,8 @@ void assemble(const plan::Timeline& timeline, const WorkDir& work, const audio::
   writer.finish();
   encode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   log_info("assembly: ", written, " frames; encoder busy ", encode_seconds, " s, audio ",
-           audio_seconds, " s, total ", std::chrono::duration<double>(Clock::now() - start).count(), " s");
+           audio_seconds, " s, total ", std::chrono::duration<double>(Clock::now() - start).count(),
+           " s");
 }
 
 }  // namespace beatfarm::farm

@@ -3,8 +3,8 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
-#include <map>
 #include <exception>
+#include <map>
 #include <thread>
 
 #include "common/error.h"
@@ -27,8 +27,10 @@ struct Request {
 
 std::string format_seconds(double s) {
   char buffer[32];
-  if (s < 120) std::snprintf(buffer, sizeof buffer, "%.1f s", s);
-  else std::snprintf(buffer, sizeof buffer, "%dm%02ds", int(s) / 60, int(s) % 60);
+  if (s < 120)
+    std::snprintf(buffer, sizeof buffer, "%.1f s", s);
+  else
+    std::snprintf(buffer, sizeof buffer, "%dm%02ds", int(s) / 60, int(s) % 60);
   return buffer;
 }
 
@@ -70,7 +72,8 @@ std::vector<TaskRecord> dispatch(const MpiWorld& world, const plan::Timeline& ti
     Request request;
     MPI_Request handle;
     MPI_Status status;
-    MPI_Irecv(&request, sizeof request, MPI_BYTE, MPI_ANY_SOURCE, kTagRequest, world.dispatch, &handle);
+    MPI_Irecv(&request, sizeof request, MPI_BYTE, MPI_ANY_SOURCE, kTagRequest, world.dispatch,
+              &handle);
     wait_politely(&handle, &status);
     if (request.task >= 0) {
       scheduler.mark_done(request.task);
@@ -78,11 +81,13 @@ std::vector<TaskRecord> dispatch(const MpiWorld& world, const plan::Timeline& ti
       ++rendered;
       request.host[sizeof request.host - 1] = '\0';
       records.push_back({request.task, status.MPI_SOURCE, request.host, request.seconds, false});
-      double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      double elapsed =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const plan::Task& finished = timeline.tasks[request.task];
       rates[finished.method].first += request.seconds;
       rates[finished.method].second += finished.render_frames;
-      seconds_per_cost = (seconds_per_cost_total += request.seconds) / (cost_done_total += finished.cost);
+      seconds_per_cost =
+          (seconds_per_cost_total += request.seconds) / (cost_done_total += finished.cost);
       double eta = estimate_left(timeline, scheduler_done, rates, seconds_per_cost) / world.size;
       log_info("done ", rendered, "/", to_render, " ", timeline.tasks[request.task].name, " (rank ",
                status.MPI_SOURCE, ", ", format_seconds(request.seconds), ") elapsed ",
@@ -131,7 +136,8 @@ void work(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& 
     try {
       request.seconds = render_task(timeline, task, work_dir, backend, world.rank, world.host);
     } catch (const std::exception& e) {
-      throw Error(str("task ", task.name, " failed on rank ", world.rank, " (", world.host, "): ", e.what()));
+      throw Error(str("task ", task.name, " failed on rank ", world.rank, " (", world.host,
+                      "): ", e.what()));
     }
     request.task = assignment;
   }
@@ -158,8 +164,8 @@ std::vector<TaskRecord> run_farm(const MpiWorld& world, const plan::Timeline& ti
     work(world, timeline, work_dir, backend);
   } catch (const std::exception& e) {
     log_error(e.what());
-    log_error("aborting the job; finished tasks stay in ", work_dir.root, " (continue with --resume ",
-              work_dir.root, ")");
+    log_error("aborting the job; finished tasks stay in ", work_dir.root,
+              " (continue with --resume ", work_dir.root, ")");
     abort_job(kExitFailure);
   }
   if (dispatcher.joinable()) dispatcher.join();

@@ -17,8 +17,8 @@ struct TaskRecord {
   int task = -1;
   int rank = -1;
   std::string host;
-  double seconds = 0.0;   // render + write
-  bool resumed = false;   // found complete on disk
+  double seconds = 0.0;  // render + write
+  bool resumed = false;  // found complete on disk
 };
 
 // What makes a task file valid for this plan: complete, and made for this task (kind, index,

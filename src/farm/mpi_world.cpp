@@ -17,7 +17,8 @@ MpiWorld init_mpi(int* argc, char*** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &world.size);
   if (provided < MPI_THREAD_MULTIPLE) {
     if (world.rank == 0)
-      std::fprintf(stderr, "beatfarm: error: the MPI library does not provide MPI_THREAD_MULTIPLE\n");
+      std::fprintf(stderr,
+                   "beatfarm: error: the MPI library does not provide MPI_THREAD_MULTIPLE\n");
     MPI_Abort(MPI_COMM_WORLD, kExitFailure);
   }
   MPI_Comm_dup(MPI_COMM_WORLD, &world.dispatch);

@@ -36,13 +36,16 @@ bool task_file_matches(const WorkDir& work, const plan::Timeline& timeline, cons
     };
     if (attrs.kind != plan::to_string(task.kind) || attrs.index != task.index)
       return fail(str("it holds ", attrs.kind, " ", attrs.index));
-    if (attrs.seed != task.seed) return fail(str("its seed ", attrs.seed, " is not the plan's ", task.seed));
-    if (attrs.backend != backend) return fail(str("it was rendered by the ", attrs.backend, " backend"));
+    if (attrs.seed != task.seed)
+      return fail(str("its seed ", attrs.seed, " is not the plan's ", task.seed));
+    if (attrs.backend != backend)
+      return fail(str("it was rendered by the ", attrs.backend, " backend"));
     if (attrs.method != task.method) return fail(str("it was rendered with ", attrs.method));
     if (shape.count != task.render_frames || shape.height != timeline.options.height ||
         shape.width != timeline.options.width)
-      return fail(str("its frames are ", shape.count, "x", shape.height, "x", shape.width, ", expected ",
-                      task.render_frames, "x", timeline.options.height, "x", timeline.options.width));
+      return fail(str("its frames are ", shape.count, "x", shape.height, "x", shape.width,
+                      ", expected ", task.render_frames, "x", timeline.options.height, "x",
+                      timeline.options.width));
     return true;
   } catch (const std::exception& e) {
     if (why) *why = e.what();
@@ -82,8 +85,10 @@ double render_task(const plan::Timeline& timeline, const plan::Task& task, const
     request.negative_prompt = task.negative_prompt;
     request.seed = task.seed;
     request.pulses = task.pulses;
-    request.from = store::read_task_frame(work.task_h5(timeline.tasks.at(task.from.task)), task.from.frame);
-    request.to = store::read_task_frame(work.task_h5(timeline.tasks.at(task.to.task)), task.to.frame);
+    request.from =
+        store::read_task_frame(work.task_h5(timeline.tasks.at(task.from.task)), task.from.frame);
+    request.to =
+        store::read_task_frame(work.task_h5(timeline.tasks.at(task.to.task)), task.to.frame);
     frames = backend.render_transition(request, progress);
   }
   if (frames.count != task.render_frames || frames.height != o.height || frames.width != o.width)

@@ -10,14 +10,17 @@ namespace {
 
 json pulses_json(const std::vector<render::Pulse>& pulses) {
   json out = json::array();
-  for (const auto& p : pulses) out.push_back({{"offset", p.offset_seconds}, {"strength", p.strength}, {"downbeat", p.downbeat}});
+  for (const auto& p : pulses)
+    out.push_back(
+        {{"offset", p.offset_seconds}, {"strength", p.strength}, {"downbeat", p.downbeat}});
   return out;
 }
 
 std::vector<render::Pulse> pulses_from(const json& array) {
   std::vector<render::Pulse> pulses;
   for (const auto& p : array)
-    pulses.push_back({p.at("offset").get<double>(), p.at("strength").get<double>(), p.at("downbeat").get<bool>()});
+    pulses.push_back({p.at("offset").get<double>(), p.at("strength").get<double>(),
+                      p.at("downbeat").get<bool>()});
   return pulses;
 }
 
@@ -25,42 +28,69 @@ std::vector<render::Pulse> pulses_from(const json& array) {
 
 json to_json(const Timeline& t) {
   const PlanOptions& o = t.options;
-  json options = {
-      {"audio_start", o.audio_start}, {"audio_end", o.audio_end}, {"fps", o.fps},
-      {"width", o.width}, {"height", o.height}, {"mode", o.mode},
-      {"num_peak_clips", o.num_peak_clips}, {"peak_len", o.peak_len},
-      {"peak_thresh", o.peak_thresh}, {"interpolation_mode", o.interpolation_mode},
-      {"hybrid_threshold", o.hybrid_threshold}, {"max_flf2v_count", o.max_flf2v_count},
-      {"style", o.style}, {"peak_prompt", o.peak_prompt},
-      {"transition_prompt", o.transition_prompt}, {"negative_prompt", o.negative_prompt},
-      {"seed", o.seed}, {"frames_4k_plus_1", o.frames_4k_plus_1}};
+  json options = {{"audio_start", o.audio_start},
+                  {"audio_end", o.audio_end},
+                  {"fps", o.fps},
+                  {"width", o.width},
+                  {"height", o.height},
+                  {"mode", o.mode},
+                  {"num_peak_clips", o.num_peak_clips},
+                  {"peak_len", o.peak_len},
+                  {"peak_thresh", o.peak_thresh},
+                  {"interpolation_mode", o.interpolation_mode},
+                  {"hybrid_threshold", o.hybrid_threshold},
+                  {"max_flf2v_count", o.max_flf2v_count},
+                  {"style", o.style},
+                  {"peak_prompt", o.peak_prompt},
+                  {"transition_prompt", o.transition_prompt},
+                  {"negative_prompt", o.negative_prompt},
+                  {"seed", o.seed},
+                  {"frames_4k_plus_1", o.frames_4k_plus_1}};
   json analysis = {{"tempo_bpm", t.grid.tempo_bpm}, {"meter", t.grid.meter},
-                   {"beats", t.grid.beats}, {"positions", t.grid.positions},
+                   {"beats", t.grid.beats},         {"positions", t.grid.positions},
                    {"strengths", t.grid.strengths}, {"downbeats", t.grid.downbeats}};
   json slots = json::array();
   for (const Slot& s : t.slots)
-    slots.push_back({{"beat", s.beat}, {"strength", s.strength}, {"downbeat", s.downbeat},
-                     {"start_frame", s.start_frame}, {"end_frame", s.end_frame}, {"clip", s.clip}});
+    slots.push_back({{"beat", s.beat},
+                     {"strength", s.strength},
+                     {"downbeat", s.downbeat},
+                     {"start_frame", s.start_frame},
+                     {"end_frame", s.end_frame},
+                     {"clip", s.clip}});
   json pool = json::array();
   for (const PoolClip& c : t.pool)
     pool.push_back({{"task", c.task}, {"first_frame", c.first_frame}, {"frames", c.frames}});
   json tasks = json::array();
   for (const Task& k : t.tasks)
-    tasks.push_back({{"id", k.id}, {"name", k.name}, {"kind", to_string(k.kind)},
-                     {"index", k.index}, {"frames", k.frames}, {"render_frames", k.render_frames},
-                     {"t_start", k.t_start}, {"t_end", k.t_end}, {"method", k.method},
-                     {"prompt", k.prompt}, {"negative_prompt", k.negative_prompt},
-                     {"seed", k.seed}, {"from", {k.from.task, k.from.frame}},
-                     {"to", {k.to.task, k.to.frame}}, {"deps", k.deps},
-                     {"pulses", pulses_json(k.pulses)}, {"cost", k.cost}});
+    tasks.push_back({{"id", k.id},
+                     {"name", k.name},
+                     {"kind", to_string(k.kind)},
+                     {"index", k.index},
+                     {"frames", k.frames},
+                     {"render_frames", k.render_frames},
+                     {"t_start", k.t_start},
+                     {"t_end", k.t_end},
+                     {"method", k.method},
+                     {"prompt", k.prompt},
+                     {"negative_prompt", k.negative_prompt},
+                     {"seed", k.seed},
+                     {"from", {k.from.task, k.from.frame}},
+                     {"to", {k.to.task, k.to.frame}},
+                     {"deps", k.deps},
+                     {"pulses", pulses_json(k.pulses)},
+                     {"cost", k.cost}});
   json segments = json::array();
   for (const Segment& s : t.segments)
-    segments.push_back({{"kind", s.kind}, {"task", s.task}, {"out_start", s.out_start},
-                        {"count", s.count}, {"src_start", s.src_start},
+    segments.push_back({{"kind", s.kind},
+                        {"task", s.task},
+                        {"out_start", s.out_start},
+                        {"count", s.count},
+                        {"src_start", s.src_start},
                         {"retime_length", s.retime_length}});
-  return {{"schema_version", 1}, {"options", options}, {"analysis", analysis},
-          {"total_frames", t.total_frames}, {"slots", slots}, {"pool", pool},
-          {"tasks", tasks}, {"segments", segments}};
+  return {{"schema_version", 1},  {"options", options},
+          {"analysis", analysis}, {"total_frames", t.total_frames},
+          {"slots", slots},       {"pool", pool},
+          {"tasks", tasks},       {"segments", segments}};
 }
 
 Timeline timeline_from_json(const json& j) {
@@ -97,7 +127,8 @@ Timeline timeline_from_json(const json& j) {
     for (const json& s : j.at("slots"))
       t.slots.push_back({s.at("beat"), s.at("strength"), s.at("downbeat"), s.at("start_frame"),
                          s.at("end_frame"), s.at("clip")});
-    for (const json& c : j.at("pool")) t.pool.push_back({c.at("task"), c.at("first_frame"), c.at("frames")});
+    for (const json& c : j.at("pool"))
+      t.pool.push_back({c.at("task"), c.at("first_frame"), c.at("frames")});
     for (const json& k : j.at("tasks")) {
       Task task;
       task.id = k.at("id");

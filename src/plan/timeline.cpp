@@ -115,9 +115,12 @@ std::vector<render::Pulse> pulses_in(const analysis::BeatGrid& grid, double t0, 
 
 const char* to_string(TaskKind kind) {
   switch (kind) {
-    case TaskKind::Peak: return "peak";
-    case TaskKind::Transition: return "transition";
-    case TaskKind::Loop: return "loop";
+    case TaskKind::Peak:
+      return "peak";
+    case TaskKind::Transition:
+      return "transition";
+    case TaskKind::Loop:
+      return "loop";
   }
   return "?";
 }
@@ -147,9 +150,9 @@ int next_4k_plus_1(int n) {
 
 int source_frame(const Segment& segment, const Task& task, int k) {
   if (segment.kind == "peak") return segment.src_start + k;
-  int j = segment.src_start + k;       // index in the retimed sequence
-  int n = segment.retime_length;       // retimed length
-  int m = task.render_frames;          // rendered length
+  int j = segment.src_start + k;  // index in the retimed sequence
+  int n = segment.retime_length;  // retimed length
+  int m = task.render_frames;     // rendered length
   if (n == m) return j;
   // Both sequences sit strictly between the boundary frames: position (j+1)/(n+1).
   long long source = std::llround(double(j + 1) * (m + 1) / (n + 1)) - 1;
@@ -162,8 +165,8 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
     throw InputError(str("--audio-end ", options.audio_end, " must be after --audio-start ",
                          options.audio_start));
   if (std::llround(options.peak_len * options.fps) < 1)
-    throw InputError(str("--peak-len ", options.peak_len, " is shorter than one frame at --fps ",
-                         options.fps));
+    throw InputError(
+        str("--peak-len ", options.peak_len, " is shorter than one frame at --fps ", options.fps));
 
   Timeline timeline;
   timeline.options = options;
@@ -181,17 +184,19 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
                            " s: nothing to place peak clips on"));
     throw InputError(str("no beat reaches --peak-thresh ", options.peak_thresh,
                          " with room for a --peak-len ", options.peak_len,
-                         " s clip (strongest beat: ", strongest, "); lower --peak-thresh or --peak-len"));
+                         " s clip (strongest beat: ", strongest,
+                         "); lower --peak-thresh or --peak-len"));
   }
   std::vector<Slot>& slots = timeline.slots;
 
   const bool sliced = options.mode == "sliced";
-  const int pool_size = sliced ? options.num_peak_clips
-                               : std::min<int>(options.num_peak_clips, int(slots.size()));
+  const int pool_size =
+      sliced ? options.num_peak_clips : std::min<int>(options.num_peak_clips, int(slots.size()));
   assign_clips(slots, pool_size, options.seed);
 
   int clip_frames = 0;  // the longest placement decides how long each clip must be
-  for (const Slot& slot : slots) clip_frames = std::max(clip_frames, slot.end_frame - slot.start_frame);
+  for (const Slot& slot : slots)
+    clip_frames = std::max(clip_frames, slot.end_frame - slot.start_frame);
   const double pixels = double(options.width) * options.height;
   auto render_count = [&](int frames, const std::string& method) {
     bool generated = method == "t2v" || method == "flf2v";
@@ -245,7 +250,8 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
       task.prompt = options.peak_prompt;
       task.negative_prompt = options.negative_prompt;
       task.seed = task_seed(options.seed, task.name);
-      for (const render::Pulse& p : pulses_in(grid, first.beat, first.beat + options.peak_len, first.beat))
+      for (const render::Pulse& p :
+           pulses_in(grid, first.beat, first.beat + options.peak_len, first.beat))
         if (p.offset_seconds > kTimeEpsilon) task.pulses.push_back(p);
       task.cost = task.render_frames * pixels * method_cost("t2v");
       tasks.push_back(task);
@@ -344,11 +350,13 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
   }
 
   // Segments in output order.
-  auto add_segment = [&](const std::string& kind, int task, int out_start, int count,
-                         int src_start, int retime_length) {
-    if (count > 0) timeline.segments.push_back({kind, task, out_start, count, src_start, retime_length});
+  auto add_segment = [&](const std::string& kind, int task, int out_start, int count, int src_start,
+                         int retime_length) {
+    if (count > 0)
+      timeline.segments.push_back({kind, task, out_start, count, src_start, retime_length});
   };
-  if (loop_task >= 0) add_segment("loop_head", loop_task, 0, head_frames, tail_frames, tail_frames + head_frames);
+  if (loop_task >= 0)
+    add_segment("loop_head", loop_task, 0, head_frames, tail_frames, tail_frames + head_frames);
   for (size_t i = 0; i < slots.size(); ++i) {
     const Slot& slot = slots[i];
     const PoolClip& clip = timeline.pool[slot.clip];
@@ -359,7 +367,8 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
       add_segment("transition", task.id, slot.end_frame, task.frames, 0, task.frames);
     }
   }
-  if (loop_task >= 0) add_segment("loop_tail", loop_task, last.end_frame, tail_frames, 0, tail_frames + head_frames);
+  if (loop_task >= 0)
+    add_segment("loop_tail", loop_task, last.end_frame, tail_frames, 0, tail_frames + head_frames);
 
   validate_timeline(timeline);
   return timeline;
@@ -369,7 +378,8 @@ void validate_timeline(const Timeline& timeline) {
   const auto& tasks = timeline.tasks;
   for (size_t i = 0; i < tasks.size(); ++i) {
     const Task& task = tasks[i];
-    if (task.id != int(i)) throw Error(str("plan: task ", task.name, " has id ", task.id, " at ", i));
+    if (task.id != int(i))
+      throw Error(str("plan: task ", task.name, " has id ", task.id, " at ", i));
     if (task.render_frames < task.frames || task.frames < 1)
       throw Error(str("plan: task ", task.name, " has ", task.render_frames, " render frames for ",
                       task.frames, " frames"));

@@ -22,8 +22,8 @@ struct FrameRef {
 };
 
 struct Task {
-  int id = 0;             // index into Timeline::tasks
-  std::string name;       // "peak_0000", "transition_0003", "loop_0000": file stem in the work dir
+  int id = 0;        // index into Timeline::tasks
+  std::string name;  // "peak_0000", "transition_0003", "loop_0000": file stem in the work dir
   TaskKind kind = TaskKind::Peak;
   int index = 0;          // per-kind index
   int frames = 0;         // frames the task fills on the timeline (a pool clip: its longest use)
@@ -35,21 +35,21 @@ struct Task {
   std::string prompt;
   std::string negative_prompt;
   uint64_t seed = 0;
-  FrameRef from;  // transitions: last frame shown before the gap
-  FrameRef to;    //              first frame shown after it
-  std::vector<int> deps;                // tasks that must be done first
-  std::vector<render::Pulse> pulses;    // beats inside the span (offsets from t_start)
-  double cost = 0.0;                    // relative render cost, for longest-first dispatch
+  FrameRef from;                      // transitions: last frame shown before the gap
+  FrameRef to;                        //              first frame shown after it
+  std::vector<int> deps;              // tasks that must be done first
+  std::vector<render::Pulse> pulses;  // beats inside the span (offsets from t_start)
+  double cost = 0.0;                  // relative render cost, for longest-first dispatch
 };
 
 // One placement of a peak clip on a strong beat.
 struct Slot {
-  double beat = 0.0;     // seconds, song clock
+  double beat = 0.0;  // seconds, song clock
   double strength = 0.0;
   bool downbeat = false;
-  int start_frame = 0;   // output frame = round((beat - audio_start) * fps)
-  int end_frame = 0;     // exclusive: round((beat + peak_len - audio_start) * fps)
-  int clip = 0;          // index into the clip pool
+  int start_frame = 0;  // output frame = round((beat - audio_start) * fps)
+  int end_frame = 0;    // exclusive: round((beat + peak_len - audio_start) * fps)
+  int clip = 0;         // index into the clip pool
 };
 
 // A clip of the pool: frames [first_frame, first_frame + frames) of a peak task.

@@ -44,8 +44,8 @@ struct TransitionRequest {
   std::string prompt;
   std::string negative_prompt;
   uint64_t seed = 0;
-  Frame from;  // last frame shown before the transition
-  Frame to;    // first frame shown after it
+  Frame from;                 // last frame shown before the transition
+  Frame to;                   // first frame shown after it
   std::vector<Pulse> pulses;  // beats inside the transition's span
 };
 

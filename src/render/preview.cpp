@@ -26,7 +26,7 @@ namespace {
 
 // ---- deterministic maths -----------------------------------------------------------------
 
-constexpr int kSineBits = 12;                // 4096 entries: 0.0015 max step error, < 1/255
+constexpr int kSineBits = 12;  // 4096 entries: 0.0015 max step error, < 1/255
 constexpr int kSineSize = 1 << kSineBits;
 constexpr double kPi = 3.14159265358979323846;
 
@@ -97,8 +97,12 @@ uint64_t fnv1a(const std::string& text) {
   return hash;
 }
 
-inline float clamp01(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
-inline float mix(float a, float b, float t) { return a + (b - a) * t; }
+inline float clamp01(float x) {
+  return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x);
+}
+inline float mix(float a, float b, float t) {
+  return a + (b - a) * t;
+}
 inline float wrap(float x, float lo, float hi) {
   float span = hi - lo;
   float shifted = (x - lo) / span;
@@ -116,7 +120,7 @@ struct Rgb {
 
 enum class Style { kAbstract, kNature, kCosmic, kUrban, kFantasy, kParticle };
 
-const std::vector<std::string> kStyleNames = {"abstract", "nature", "cosmic",
+const std::vector<std::string> kStyleNames = {"abstract", "nature",  "cosmic",
                                               "urban",    "fantasy", "particle"};
 
 Style pick_style(const std::string& style, const std::string& prompt) {
@@ -164,11 +168,20 @@ Params make_params(Style style, uint64_t seed) {
 
   int sprite_count = 0;
   switch (style) {
-    case Style::kCosmic: sprite_count = 170; break;   // stars
-    case Style::kParticle: sprite_count = 120; break; // glowing dots
-    case Style::kFantasy: sprite_count = 5; break;    // glowing orbs
-    case Style::kUrban: sprite_count = 7; break;      // light streaks
-    default: break;
+    case Style::kCosmic:
+      sprite_count = 170;
+      break;  // stars
+    case Style::kParticle:
+      sprite_count = 120;
+      break;  // glowing dots
+    case Style::kFantasy:
+      sprite_count = 5;
+      break;  // glowing orbs
+    case Style::kUrban:
+      sprite_count = 7;
+      break;  // light streaks
+    default:
+      break;
   }
   const std::array<Rgb, 3> warm = {{{255, 150, 60}, {255, 90, 80}, {255, 215, 130}}};
   const std::array<Rgb, 3> neon = {{{40, 220, 255}, {255, 60, 200}, {255, 175, 60}}};
@@ -223,8 +236,10 @@ void splat(Grid& g, float x, float y, float radius, Rgb color, float intensity) 
   float gj = (y - g.v[0]) / g.spacing;
   float r = radius / g.spacing;  // radius in samples
   int reach = static_cast<int>(r * 3.0f) + 1;
-  int i0 = std::max(0, static_cast<int>(gi) - reach), i1 = std::min(g.width - 1, static_cast<int>(gi) + reach);
-  int j0 = std::max(0, static_cast<int>(gj) - reach), j1 = std::min(g.height - 1, static_cast<int>(gj) + reach);
+  int i0 = std::max(0, static_cast<int>(gi) - reach),
+      i1 = std::min(g.width - 1, static_cast<int>(gi) + reach);
+  int j0 = std::max(0, static_cast<int>(gj) - reach),
+      j1 = std::min(g.height - 1, static_cast<int>(gj) + reach);
   float inv_r2 = 1.0f / (r * r);
   for (int j = j0; j <= j1; ++j) {
     for (int i = i0; i <= i1; ++i) {
@@ -274,8 +289,9 @@ void field_nature(Grid& g, const Params& p, float tt, const Waves& w) {
     for (int l = 0; l < kLayers; ++l) {
       float f = p.freq[l] * (1.0f + 0.6f * l);
       float s = drift * tt * 0.12f * (l + 1);
-      ridge[i * kLayers + l] = base[l] + amp[l] * (0.6f * w.sin(f * u + s + p.phase[l]) +
-                                                   0.4f * w.sin(2.3f * f * u + 1.4f * s + p.phase[l + 3]));
+      ridge[i * kLayers + l] =
+          base[l] + amp[l] * (0.6f * w.sin(f * u + s + p.phase[l]) +
+                              0.4f * w.sin(2.3f * f * u + 1.4f * s + p.phase[l + 3]));
     }
   }
   const float hue = p.hue * 120.0f;  // a little warmer or cooler per seed
@@ -434,10 +450,10 @@ void field_particle(Grid& g, const Params& p, float tt, const Waves& w) {
   }
   float half_w = g.aspect + 0.15f;
   for (const Sprite& s : p.sprites) {
-    float x = wrap(s.x + s.vx * tt * 0.12f + 0.04f * w.sin(tt * 0.2f * s.rate + s.phase),
-                   -half_w, half_w);
-    float y = wrap(s.y + s.vy * tt * 0.12f + 0.04f * w.cos(tt * 0.17f * s.rate + s.phase),
-                   -1.15f, 1.15f);
+    float x = wrap(s.x + s.vx * tt * 0.12f + 0.04f * w.sin(tt * 0.2f * s.rate + s.phase), -half_w,
+                   half_w);
+    float y =
+        wrap(s.y + s.vy * tt * 0.12f + 0.04f * w.cos(tt * 0.17f * s.rate + s.phase), -1.15f, 1.15f);
     float twinkle = 0.75f + 0.25f * w.sin(tt * s.rate + s.phase);
     Rgb color = {s.color.r, s.color.g * (1.0f + p.hue), s.color.b * (1.0f - p.hue)};
     splat(g, x, y, 0.012f + 0.03f * s.size, color, 1.1f * s.bright * twinkle);
@@ -446,12 +462,24 @@ void field_particle(Grid& g, const Params& p, float tt, const Waves& w) {
 
 void evaluate(Style style, Grid& g, const Params& p, float tt, const Waves& w) {
   switch (style) {
-    case Style::kAbstract: field_abstract(g, p, tt, w); break;
-    case Style::kNature: field_nature(g, p, tt, w); break;
-    case Style::kCosmic: field_cosmic(g, p, tt, w); break;
-    case Style::kUrban: field_urban(g, p, tt, w); break;
-    case Style::kFantasy: field_fantasy(g, p, tt, w); break;
-    case Style::kParticle: field_particle(g, p, tt, w); break;
+    case Style::kAbstract:
+      field_abstract(g, p, tt, w);
+      break;
+    case Style::kNature:
+      field_nature(g, p, tt, w);
+      break;
+    case Style::kCosmic:
+      field_cosmic(g, p, tt, w);
+      break;
+    case Style::kUrban:
+      field_urban(g, p, tt, w);
+      break;
+    case Style::kFantasy:
+      field_fantasy(g, p, tt, w);
+      break;
+    case Style::kParticle:
+      field_particle(g, p, tt, w);
+      break;
   }
 }
 
@@ -536,8 +564,9 @@ void upscale(const std::vector<uint8_t>& low, int low_w, int low_h, int width, i
     const __m128i round = _mm_set1_epi16(8);
     for (; k + 16 <= row_len; k += 16) {
       __m128i lo = _mm_add_epi16(
-          _mm_add_epi16(_mm_mullo_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + k)), va),
-                        _mm_mullo_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k)), vb)),
+          _mm_add_epi16(
+              _mm_mullo_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + k)), va),
+              _mm_mullo_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k)), vb)),
           round);
       __m128i hi = _mm_add_epi16(
           _mm_add_epi16(
@@ -684,8 +713,8 @@ class PreviewBackend : public Backend {
     const float ripple_sign = rng.sign();
     // Beats inside a transition: small pulses only.
     constexpr float kTransitionPulse = 0.35f;
-    const std::vector<float> hit = hit_curve(total, request.fps, request.pulses, false,
-                                             kTransitionPulse);
+    const std::vector<float> hit =
+        hit_curve(total, request.fps, request.pulses, false, kTransitionPulse);
     // Zoom toward the centre at mid-transition, and how far each side drifts in.
     constexpr float kMidZoom = 0.07f;
     constexpr float kSideZoom = 0.05f;
@@ -780,8 +809,12 @@ class PreviewBackend : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_preview_backend() { return std::make_unique<PreviewBackend>(); }
+std::unique_ptr<Backend> make_preview_backend() {
+  return std::make_unique<PreviewBackend>();
+}
 
-const std::vector<std::string>& preview_styles() { return kStyleNames; }
+const std::vector<std::string>& preview_styles() {
+  return kStyleNames;
+}
 
 }  // namespace beatfarm::render

@@ -196,7 +196,8 @@ std::string read_string_attr(hid_t loc, const char* name, const std::string& pat
 Handle open_file(const std::string& path) {
   quiet_hdf5();
   std::error_code ignored;
-  if (!std::filesystem::exists(path, ignored)) throw Error(str("task file ", path, " does not exist"));
+  if (!std::filesystem::exists(path, ignored))
+    throw Error(str("task file ", path, " does not exist"));
   return checked(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, path,
                  "opening as HDF5");
 }
@@ -254,9 +255,9 @@ void write_tmp(const std::string& tmp_path, const std::string& path, const Frame
     Handle dataset = checked(H5Dcreate2(file.get(), "frames", H5T_STD_U8LE, space.get(),
                                         H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
                              H5Dclose, path, "creating /frames");
-    check(H5Dwrite(dataset.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                   frames.rgb.data()),
-          path, "writing /frames");
+    check(
+        H5Dwrite(dataset.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, frames.rgb.data()),
+        path, "writing /frames");
     check(dataset.close(), path, "closing /frames");
   }
 
@@ -294,8 +295,8 @@ void write_task_file(const std::string& path, const FrameStack& frames, const Ta
   }
   if (frames.count <= 0 || frames.height <= 0 || frames.width <= 0 ||
       frames.rgb.size() != frames.frame_bytes() * static_cast<size_t>(frames.count)) {
-    throw Error(str("task file ", path, ": bad frame stack ", frames.count, "x", frames.height,
-                    "x", frames.width, " with ", frames.rgb.size(), " bytes"));
+    throw Error(str("task file ", path, ": bad frame stack ", frames.count, "x", frames.height, "x",
+                    frames.width, " with ", frames.rgb.size(), " bytes"));
   }
   const std::string tmp_path = path + ".tmp";
   std::remove(tmp_path.c_str());  // a stale one from a killed writer

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/av_handles.h"
 #include "common/error.h"
 
 extern "C" {
@@ -23,44 +24,7 @@ extern "C" {
 namespace beatfarm::video {
 namespace {
 
-struct OutputDeleter {
-  void operator()(AVFormatContext* c) const {
-    if (c->pb && !(c->oformat->flags & AVFMT_NOFILE)) avio_closep(&c->pb);
-    avformat_free_context(c);
-  }
-};
-struct CodecDeleter {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FrameDeleter {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct PacketDeleter {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct SwsDeleter {
-  void operator()(SwsContext* s) const { sws_freeContext(s); }
-};
-struct SwrDeleter {
-  void operator()(SwrContext* s) const { swr_free(&s); }
-};
-struct FifoDeleter {
-  void operator()(AVAudioFifo* f) const { av_audio_fifo_free(f); }
-};
-using OutputPtr = std::unique_ptr<AVFormatContext, OutputDeleter>;
-using CodecPtr = std::unique_ptr<AVCodecContext, CodecDeleter>;
-using FramePtr = std::unique_ptr<AVFrame, FrameDeleter>;
-using PacketPtr = std::unique_ptr<AVPacket, PacketDeleter>;
-using SwsPtr = std::unique_ptr<SwsContext, SwsDeleter>;
-using SwrPtr = std::unique_ptr<SwrContext, SwrDeleter>;
-using FifoPtr = std::unique_ptr<AVAudioFifo, FifoDeleter>;
-
-// av_err2str is a C compound-literal macro that does not compile as C++.
-std::string av_error(int code) {
-  char buffer[AV_ERROR_MAX_STRING_SIZE] = {0};
-  av_strerror(code, buffer, sizeof(buffer));
-  return buffer;
-}
+using namespace beatfarm::av;  // the owning libav handle types
 
 constexpr int64_t kAudioBitRate = 192000;
 // Pcm frames handed to the resampler at a time: bounds the temporary planar buffers.
@@ -102,7 +66,7 @@ struct Mp4Writer::Impl {
   std::deque<PacketPtr> audio_packets;
 
   [[noreturn]] void fail(const std::string& what, int err) const {
-    throw Error(str("video file '", path, "': ", what, ": ", av_error(err)));
+    throw Error(str("video file '", path, "': ", what, ": ", av::error_string(err)));
   }
   void check(int err, const std::string& what) const {
     if (err < 0) fail(what, err);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "common/av_handles.h"
 #include "common/error.h"
 
 extern "C" {
@@ -19,32 +20,7 @@ extern "C" {
 namespace beatfarm::video {
 namespace {
 
-struct InputDeleter {
-  void operator()(AVFormatContext* c) const { avformat_close_input(&c); }
-};
-struct CodecDeleter {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FrameDeleter {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct PacketDeleter {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct SwsDeleter {
-  void operator()(SwsContext* s) const { sws_freeContext(s); }
-};
-using InputPtr = std::unique_ptr<AVFormatContext, InputDeleter>;
-using CodecPtr = std::unique_ptr<AVCodecContext, CodecDeleter>;
-using FramePtr = std::unique_ptr<AVFrame, FrameDeleter>;
-using PacketPtr = std::unique_ptr<AVPacket, PacketDeleter>;
-using SwsPtr = std::unique_ptr<SwsContext, SwsDeleter>;
-
-std::string av_error(int code) {
-  char buffer[AV_ERROR_MAX_STRING_SIZE] = {0};
-  av_strerror(code, buffer, sizeof(buffer));
-  return buffer;
-}
+using namespace beatfarm::av;  // the owning libav handle types
 
 std::string label(const std::string& path) {
   return "video file '" + path + "'";
@@ -55,10 +31,10 @@ InputPtr open_input(const std::string& path) {
   if (!std::filesystem::exists(path, ec)) throw InputError(label(path) + " does not exist");
   AVFormatContext* raw = nullptr;
   int err = avformat_open_input(&raw, path.c_str(), nullptr, nullptr);
-  if (err < 0) throw InputError(str(label(path), " could not be opened: ", av_error(err)));
+  if (err < 0) throw InputError(str(label(path), " could not be opened: ", av::error_string(err)));
   InputPtr format(raw);
   err = avformat_find_stream_info(raw, nullptr);
-  if (err < 0) throw InputError(str(label(path), " could not be read: ", av_error(err)));
+  if (err < 0) throw InputError(str(label(path), " could not be read: ", av::error_string(err)));
   return format;
 }
 
@@ -144,7 +120,7 @@ MediaInfo probe_media(const std::string& path) {
     av_packet_unref(packet.get());
   }
   if (err != AVERROR_EOF) {
-    throw InputError(str(label(path), " could not be read: ", av_error(err)));
+    throw InputError(str(label(path), " could not be read: ", av::error_string(err)));
   }
 
   if (video) {
@@ -182,7 +158,7 @@ FrameStack read_video_frames(const std::string& path) {
     codec->thread_count = 0;  // let the decoder pick
     err = avcodec_open2(codec.get(), decoder, nullptr);
   }
-  if (err < 0) throw InputError(str(label(path), " could not be decoded: ", av_error(err)));
+  if (err < 0) throw InputError(str(label(path), " could not be decoded: ", av::error_string(err)));
 
   FrameStack stack;
   PacketPtr packet(av_packet_alloc());
@@ -232,7 +208,7 @@ FrameStack read_video_frames(const std::string& path) {
       av_frame_unref(frame.get());
     }
     if (e != AVERROR(EAGAIN) && e != AVERROR_EOF) {
-      throw InputError(str(label(path), " could not be decoded: ", av_error(e)));
+      throw InputError(str(label(path), " could not be decoded: ", av::error_string(e)));
     }
   };
 
@@ -240,13 +216,15 @@ FrameStack read_video_frames(const std::string& path) {
     if (packet->stream_index == index) {
       err = avcodec_send_packet(codec.get(), packet.get());
       av_packet_unref(packet.get());
-      if (err < 0) throw InputError(str(label(path), " could not be decoded: ", av_error(err)));
+      if (err < 0)
+        throw InputError(str(label(path), " could not be decoded: ", av::error_string(err)));
       drain();
     } else {
       av_packet_unref(packet.get());
     }
   }
-  if (err != AVERROR_EOF) throw InputError(str(label(path), " could not be read: ", av_error(err)));
+  if (err != AVERROR_EOF)
+    throw InputError(str(label(path), " could not be read: ", av::error_string(err)));
   avcodec_send_packet(codec.get(), nullptr);
   drain();
   return stack;

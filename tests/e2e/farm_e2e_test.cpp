@@ -20,8 +20,9 @@ const std::string kExample = test::data_path("example_house_126.ogg");
 
 // Runs `beatfarm args` on `ranks` MPI ranks; returns the exit code.
 int run_farm(int ranks, const std::string& args, std::string* output = nullptr) {
-  std::string command = std::string(BEATFARM_MPIEXEC) + " --allow-run-as-root --oversubscribe -np " +
-                        std::to_string(ranks) + " " + BEATFARM_BINARY + " " + args;
+  std::string command = std::string(BEATFARM_MPIEXEC) +
+                        " --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) + " " +
+                        BEATFARM_BINARY + " " + args;
   std::string log;
   int code = test::run_command(command, &log);
   if (output) *output = log;
@@ -47,7 +48,8 @@ std::vector<double> mean_luma(const FrameStack& frames) {
   for (int t = 0; t < frames.count; ++t) {
     const uint8_t* p = frames.frame(t);
     double sum = 0;
-    for (size_t i = 0; i < pixels; ++i) sum += 0.299 * p[3 * i] + 0.587 * p[3 * i + 1] + 0.114 * p[3 * i + 2];
+    for (size_t i = 0; i < pixels; ++i)
+      sum += 0.299 * p[3 * i] + 0.587 * p[3 * i + 1] + 0.114 * p[3 * i + 2];
     luma[t] = sum / pixels;
   }
   return luma;
@@ -69,8 +71,9 @@ TEST(FarmE2E, BundledExampleOnTwoRanksCutsOnThePlannedBeats) {
 
   // The work-dir layout of the reference tool, plus ours.
   std::string work = dir.file("work");
-  for (const char* name : {"plan.json", "report.json", "peak_0000.h5", "peak_0000.mp4",
-                           "segments_processed/segments.json", "logs/rank_0.log", "logs/rank_1.log"})
+  for (const char* name :
+       {"plan.json", "report.json", "peak_0000.h5", "peak_0000.mp4",
+        "segments_processed/segments.json", "logs/rank_0.log", "logs/rank_1.log"})
     EXPECT_TRUE(fs::exists(work + "/" + name)) << name;
   json plan = read_json(work + "/plan.json").at("plan");
   json report = read_json(work + "/report.json");
@@ -126,7 +129,8 @@ TEST(FarmE2E, OneTwoAndThreeRanksRenderIdenticalFrames) {
   for (int ranks : {1, 2, 3}) {
     test::TempDir dir("bf_ranks");
     ASSERT_EQ(run_farm(ranks, common_args(dir, "--audio-start 3 --audio-end 13 --num-peak-clips 4",
-                                           "--width 128 --height 80")), 0);
+                                          "--width 128 --height 80")),
+              0);
     FrameStack frames = video::read_video_frames(dir.file("out.mp4"));
     EXPECT_EQ(frames.count, 160);
     hashes.push_back(hash_frames(frames));
@@ -159,8 +163,10 @@ TEST(FarmE2E, ResumeRendersOnlyMissingOrBrokenTasks) {
   std::set<std::string> rendered;
   int resumed = 0;
   for (const json& task : report.at("tasks")) {
-    if (task.at("resumed")) ++resumed;
-    else rendered.insert(task.at("name").get<std::string>());
+    if (task.at("resumed"))
+      ++resumed;
+    else
+      rendered.insert(task.at("name").get<std::string>());
   }
   EXPECT_EQ(rendered, broken);
   EXPECT_EQ(resumed, int(names.size()) - 3);
@@ -174,7 +180,8 @@ TEST(FarmE2E, ResumeRendersOnlyMissingOrBrokenTasks) {
 TEST(FarmE2E, SlicedModeCutsOneLongGeneration) {
   test::TempDir dir("bf_sliced");
   ASSERT_EQ(run_farm(2, common_args(dir, "--mode sliced --num-peak-clips 3 --audio-end 10",
-                                         "--width 128 --height 80")), 0);
+                                    "--width 128 --height 80")),
+            0);
   json plan = read_json(dir.file("work/plan.json")).at("plan");
   int peaks = 0;
   for (const json& task : plan.at("tasks")) peaks += task.at("kind") == "peak";

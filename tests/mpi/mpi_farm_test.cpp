@@ -44,7 +44,8 @@ TEST(MpiFarm, EveryTaskIsRenderedExactlyOnceAndTransitionsWaitForTheirPeaks) {
   plan::Timeline timeline = plan::make_timeline(grid, options);
 
   std::string root;
-  if (g_world->rank == 0) root = (std::filesystem::temp_directory_path() / "bf_mpi_farm_XXXXXX").string();
+  if (g_world->rank == 0)
+    root = (std::filesystem::temp_directory_path() / "bf_mpi_farm_XXXXXX").string();
   if (g_world->rank == 0) {
     std::vector<char> buffer(root.begin(), root.end());
     buffer.push_back('\0');

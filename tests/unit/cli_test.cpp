@@ -50,11 +50,32 @@ TEST(Cli, DefaultsMatchTheReferenceTool) {
 }
 
 TEST(Cli, ParsesEveryKindOfValue) {
-  Options o = parse({"--audio", "a.mp3", "--output", "o.mp4", "--num-peak-clips", "15",
-                     "--peak-len", "2.0", "--max-flf2v-count", "-1", "--audio-start", "60",
-                     "--audio-end=120", "--local-files-only", "--interpolation-mode", "bim",
-                     "--cpu-offload", "sequential", "--device-map", "auto", "--mode", "sliced",
-                     "--peak-prompt", "cinematic neon lights in a cyberpunk city", "--seed", "7"});
+  Options o = parse({"--audio",
+                     "a.mp3",
+                     "--output",
+                     "o.mp4",
+                     "--num-peak-clips",
+                     "15",
+                     "--peak-len",
+                     "2.0",
+                     "--max-flf2v-count",
+                     "-1",
+                     "--audio-start",
+                     "60",
+                     "--audio-end=120",
+                     "--local-files-only",
+                     "--interpolation-mode",
+                     "bim",
+                     "--cpu-offload",
+                     "sequential",
+                     "--device-map",
+                     "auto",
+                     "--mode",
+                     "sliced",
+                     "--peak-prompt",
+                     "cinematic neon lights in a cyberpunk city",
+                     "--seed",
+                     "7"});
   EXPECT_EQ(o.audio, "a.mp3");
   EXPECT_EQ(o.num_peak_clips, 15);
   EXPECT_DOUBLE_EQ(o.peak_len, 2.0);
@@ -74,7 +95,8 @@ TEST(Cli, ParsesEveryKindOfValue) {
 TEST(Cli, BadValuesNameTheOption) {
   EXPECT_NE(error_of({"--width", "wide"}).find("--width 'wide'"), std::string::npos);
   EXPECT_NE(error_of({"--peak-len", "1.5s"}).find("--peak-len"), std::string::npos);
-  EXPECT_NE(error_of({"--interpolation-mode", "magic"}).find("--interpolation-mode 'magic'"), std::string::npos);
+  EXPECT_NE(error_of({"--interpolation-mode", "magic"}).find("--interpolation-mode 'magic'"),
+            std::string::npos);
   EXPECT_NE(error_of({"--cpu-offload", "gpu"}).find("model|sequential|none"), std::string::npos);
   EXPECT_NE(error_of({"--backend", "sora"}).find("--backend 'sora'"), std::string::npos);
   EXPECT_NE(error_of({"--mode", "sliced-ish"}).find("--mode"), std::string::npos);
@@ -94,10 +116,10 @@ TEST(Cli, EnvironmentAndConfigFileWithCommandLineWinning) {
   unsetenv("BEATFARM_PEAK_LEN");
   unsetenv("BEATFARM_HEIGHT");
   unsetenv("BEATFARM_KEEP_SOMETHING_ELSE");
-  EXPECT_EQ(o.width, 640);           // config
-  EXPECT_EQ(o.fps, 24);              // config
-  EXPECT_DOUBLE_EQ(o.peak_len, 2.5); // environment beats config
-  EXPECT_EQ(o.height, 336);          // command line beats environment
+  EXPECT_EQ(o.width, 640);            // config
+  EXPECT_EQ(o.fps, 24);               // config
+  EXPECT_DOUBLE_EQ(o.peak_len, 2.5);  // environment beats config
+  EXPECT_EQ(o.height, 336);           // command line beats environment
   EXPECT_TRUE(o.explicitly_set.count("width"));
 
   std::ofstream(dir.file("bad.ini")) << "widht = 640\n";
@@ -125,7 +147,8 @@ TEST(Cli, PromptStylesHaveAllSixStylesWithThreePrompts) {
   }
   EXPECT_EQ(styles.size(), 6u);
   EXPECT_THROW(parse_prompt_styles("[x]\npeak = a\n", "mine.ini"), InputError);  // no transition
-  EXPECT_THROW(parse_prompt_styles("[x]\npeak = a\ntransition = b\ncolour = c\n", "mine.ini"), InputError);
+  EXPECT_THROW(parse_prompt_styles("[x]\npeak = a\ntransition = b\ncolour = c\n", "mine.ini"),
+               InputError);
   auto custom = parse_prompt_styles("[dream]\npeak = p = q\ntransition = t\n", "mine.ini");
   EXPECT_EQ(custom.at("dream").peak, "p = q");
 }

@@ -35,7 +35,9 @@ FrameStack smooth_frames(int count, int height, int width) {
 }
 
 // Open HDF5 identifiers of any kind in this process: 0 unless something leaked.
-ssize_t open_hdf5_objects() { return H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL); }
+ssize_t open_hdf5_objects() {
+  return H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
+}
 
 TaskAttrs sample_attrs() {
   TaskAttrs attrs;
@@ -85,8 +87,8 @@ void write_raw_file(const std::string& path, bool with_complete, int complete, i
   if (with_frames) {
     const hsize_t dims[4] = {2, 4, 5, last_dim};
     hid_t space = H5Screate_simple(4, dims, nullptr);
-    hid_t dataset = H5Dcreate2(file, "frames", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT,
-                               H5P_DEFAULT);
+    hid_t dataset =
+        H5Dcreate2(file, "frames", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     ASSERT_GE(dataset, 0);
     H5Dclose(dataset);
     H5Sclose(space);
