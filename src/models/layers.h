@@ -1,0 +1,46 @@
+// Building blocks shared by the Wan components: weights looked up by their Diffusers names,
+// applied with ATen's functional ops (no nn::Module), so that loading is name matching and a
+// tensor-parallel rank can load just its slice.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "models/weights.h"
+
+namespace beatfarm::models {
+
+// Where and how a component's weights live and compute.
+struct LoadOptions {
+  at::ScalarType dtype = at::kFloat;  // compute/storage dtype of the weights
+  at::Device device = at::kCPU;
+};
+
+struct Linear {
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // [out] or undefined
+  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+};
+
+// prefix + ".weight" / ".bias" (bias optional when `bias_required` is false).
+Linear load_linear(const WeightFiles& weights, const std::string& prefix, const LoadOptions& options,
+                   bool bias_required = true);
+
+// Loads `name`, converting to options.dtype and moving to options.device.
+at::Tensor load(const WeightFiles& weights, const std::string& name, const LoadOptions& options);
+// The same in float32 (norm weights, modulation tables: kept in fp32).
+at::Tensor load_f32(const WeightFiles& weights, const std::string& name, const LoadOptions& options);
+
+// x * rsqrt(mean(x^2, last dim) + eps) * weight, computed in float32, returned in x's dtype.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// LayerNorm over the last dim, computed in float32, returned in x's dtype; weight/bias may be
+// undefined (elementwise_affine=False).
+at::Tensor layer_norm_f32(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                          double eps);
+
+// gelu(x, approximate="tanh").
+at::Tensor gelu_tanh(const at::Tensor& x);
+
+}  // namespace beatfarm::models

@@ -1,0 +1,21 @@
+// Helpers for tests of the libtorch code: golden tensors and closeness checks.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace beatfarm::test {
+
+// tests/data/golden/RELATIVE (the Diffusers reference data, copied from ../shared/golden).
+std::string golden_path(const std::string& relative);
+
+// Tensor `name` of the golden safetensors file `relative`, as float32 (int64 stays int64).
+at::Tensor golden_tensor(const std::string& relative, const std::string& name);
+
+// allclose with a report: max abs error, where, and the tolerance.
+::testing::AssertionResult all_close(const at::Tensor& actual, const at::Tensor& expected,
+                                     double atol, double rtol);
+
+}  // namespace beatfarm::test
