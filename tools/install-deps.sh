@@ -20,6 +20,8 @@ packages=(
   libtorch-dev libopenblas0-pthread
   # tests
   libgtest-dev libgmock-dev
+  # the safetensors header fuzzer (libFuzzer)
+  clang libfuzzer-14-dev
   # beat-tracker evaluation and test audio
   python3-mir-eval sox
 )
