@@ -1,0 +1,90 @@
+#include "models/model_source.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include "common/error.h"
+
+namespace beatfarm::models {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string env(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+bool looks_like_model_folder(const fs::path& folder) {
+  return fs::exists(folder / "model_index.json") || fs::exists(folder / "config.json");
+}
+
+}  // namespace
+
+std::string hugging_face_cache_root(const ModelSourceOptions& options) {
+  if (!options.cache_dir.empty()) return options.cache_dir;
+  if (!env("HF_HUB_CACHE").empty()) return env("HF_HUB_CACHE");
+  if (!env("HUGGINGFACE_HUB_CACHE").empty()) return env("HUGGINGFACE_HUB_CACHE");
+  if (!env("HF_HOME").empty()) return env("HF_HOME") + "/hub";
+  std::string xdg = env("XDG_CACHE_HOME");
+  if (xdg.empty()) xdg = env("HOME") + "/.cache";
+  return xdg + "/huggingface/hub";
+}
+
+std::string resolve_model(const std::string& model, const ModelSourceOptions& options) {
+  if (model.empty()) throw InputError("the model id is empty");
+  fs::path local(model);
+  if (fs::is_directory(local)) {
+    if (!looks_like_model_folder(local))
+      throw InputError(str("model folder '", model, "' has no model_index.json or config.json"));
+    return fs::absolute(local).string();
+  }
+  const std::string root = hugging_face_cache_root(options);
+  std::string looked;
+  size_t slash = model.find('/');
+  bool is_id = slash != std::string::npos && slash > 0 && slash + 1 < model.size() &&
+               model.find('/', slash + 1) == std::string::npos && model.find("..") == std::string::npos;
+  if (is_id) {
+    std::string folder_name = "models--" + model.substr(0, slash) + "--" + model.substr(slash + 1);
+    fs::path repo = fs::path(root) / folder_name;
+    std::string revision = options.revision;
+    fs::path ref = repo / "refs" / revision;
+    if (fs::exists(ref)) {
+      std::ifstream in(ref);
+      std::string hash;
+      std::getline(in, hash);
+      revision = trim(hash);
+    }
+    fs::path snapshot = repo / "snapshots" / revision;
+    looked = snapshot.string();
+    if (looks_like_model_folder(snapshot)) return snapshot.string();
+    // No ref: a cache holding exactly one snapshot is unambiguous.
+    if (!fs::exists(ref) && fs::is_directory(repo / "snapshots")) {
+      std::vector<fs::path> snapshots;
+      for (const auto& entry : fs::directory_iterator(repo / "snapshots"))
+        if (looks_like_model_folder(entry.path())) snapshots.push_back(entry.path());
+      if (snapshots.size() == 1) return snapshots[0].string();
+    }
+  }
+  std::string token;
+  if (!options.hf_token.empty())
+    token = isatty(STDERR_FILENO) ? " --token " + options.hf_token : " --token <your --hf-token>";
+  std::string message =
+      is_id ? str("model '", model, "' is not in the Hugging Face cache '", root, "' (looked for ", looked,
+                  "). beatfarm downloads nothing; fetch it first with:\n  huggingface-cli download ", model,
+                  " --cache-dir ", root, token, "\nor pass --model a local Diffusers folder",
+                  options.local_files_only ? " (--local-files-only is set)" : "")
+            : str("--model '", model, "' is neither a folder nor an ORG/NAME model id");
+  throw InputError(message);
+}
+
+}  // namespace beatfarm::models
