@@ -189,14 +189,18 @@ OnsetFeatures compute_onset_features(const float* mono, size_t count, int sample
   // Compare each frame with the one a quarter window earlier: adjacent frames overlap so
   // much that their difference would mostly be noise.
   size_t lag = std::max<size_t>(1, size_t(std::lround(0.25 * fft_size / hop)));
+  size_t first_full = std::min(frames - 1, size_t((half + hop - 1) / hop));
   size_t low_count = 0;
   while (low_count < band_count && bands[low_count].centre_hz < kLowBandMaxHz) ++low_count;
   for (size_t f = 0; f < frames; ++f) {
     const float* row = &mel[f * band_count];
-    const float* previous = f >= lag ? &mel[(f - lag) * band_count] : nullptr;
+    // Before the first frame whose window lies wholly inside the signal, the zero padding
+    // would turn the start of the audio into a fake onset: compare with that frame instead.
+    size_t reference_frame = std::max(f >= lag ? f - lag : 0, std::min(f, first_full));
+    const float* previous = &mel[reference_frame * band_count];
     float total = 0.0f, low = 0.0f;
     for (size_t b = 0; b < band_count; ++b) {
-      float rise = std::max(0.0f, row[b] - (previous ? previous[b] : 0.0f));
+      float rise = std::max(0.0f, row[b] - previous[b]);
       total += rise;
       if (b < low_count) low += rise;
     }

@@ -12,12 +12,19 @@ constexpr double kPriorOctaves = 1.0;
 // How much the double period supports a candidate: a true beat period repeats at 2T,
 // a subdivision period (T/2 of the real beat) gets no extra support from its double.
 constexpr double kDoublePeriodWeight = 0.5;
+// 3-against-4 check: a dotted-eighth accent pattern (every 3 sixteenths) can out-score
+// the beat (every 4). The candidate moves to 4T/3 only when T's half period falls between
+// onsets (no eighth notes) while 4T/3's half period lands on them, and 4T/3 keeps at
+// least kTernaryMinRatio of T's periodicity.
+constexpr double kTernaryMaxHalf = -0.1;
+constexpr double kTernaryMinHalf = 0.2;
+constexpr double kTernaryMinRatio = 0.5;
 // An octave neighbour (T/2 or 2T) replaces the winner only when clearly better.
 constexpr double kOctaveSwitchRatio = 1.1;
 // Sliding windows for the local tempo: long enough for several bars, short enough to
 // follow a tempo change within a few seconds.
-constexpr double kLocalWindowSeconds = 6.0;
-constexpr double kLocalStepSeconds = 1.0;
+constexpr double kLocalWindowSeconds = 4.0;
+constexpr double kLocalStepSeconds = 0.5;
 // The local period stays within this factor of the global one (no octave jumps).
 constexpr double kLocalRange = 1.35;
 // Log-normal pull of the local period towards the global one, in octaves.
@@ -70,8 +77,11 @@ TempoEstimate estimate_tempo(const std::vector<float>& envelope, double frame_ra
   size_t n = envelope.size();
   if (n < 8 || frame_rate <= 0.0 || min_bpm <= 0.0 || max_bpm <= min_bpm) return estimate;
   double min_lag = frame_rate * 60.0 / max_bpm;
-  // At least two periods must fit in the envelope.
-  double max_lag = std::min(frame_rate * 60.0 / min_bpm, double(n) / 2.0);
+  // At least three periods must fit in the envelope (two give a single, unreliable
+  // autocorrelation product on short clips).
+  double max_lag = std::min(frame_rate * 60.0 / min_bpm, double(n) / 3.0);
+  // Lags beyond half the envelope overlap too little to support a candidate.
+  double reliable_lag = double(n) / 2.0;
   int first = std::max(2, int(std::ceil(min_lag)));
   int last = int(std::floor(max_lag));
   if (last < first) return estimate;
@@ -82,7 +92,8 @@ TempoEstimate estimate_tempo(const std::vector<float>& envelope, double frame_ra
     double octaves = std::log2(bpm / prior_bpm) / kPriorOctaves;
     double prior = std::exp(-0.5 * octaves * octaves);
     return prior *
-           (positive(value_at(r, lag)) + kDoublePeriodWeight * positive(value_at(r, 2 * lag)));
+           (positive(value_at(r, lag)) +
+            (2 * lag <= reliable_lag ? kDoublePeriodWeight : 0.0) * positive(value_at(r, 2 * lag)));
   };
   std::vector<double> scores(size_t(last) + 2, 0.0);
   int best = first;
@@ -108,6 +119,12 @@ TempoEstimate estimate_tempo(const std::vector<float>& envelope, double frame_ra
         scores[other] > kOctaveSwitchRatio * scores[best])
       best = other;
   }
+
+  double beat_lag = best * 4.0 / 3.0;
+  if (beat_lag <= last && value_at(r, 0.5 * best) < kTernaryMaxHalf &&
+      value_at(r, 0.5 * beat_lag) > kTernaryMinHalf &&
+      value_at(r, beat_lag) > kTernaryMinRatio * value_at(r, best))
+    best = peak_near(beat_lag);
 
   // Parabolic refinement of the peak to a fractional lag.
   double refined = best;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "analysis/beat_grid.h"
+#include "analysis/beat_metrics.h"
 #include "test_util.h"
 
 namespace beatfarm::analysis {
@@ -209,7 +210,7 @@ TEST(AnalysisTest, QuietInputGivesSameBeats) {
 TEST(AnalysisTest, OtherSampleRatesWork) {
   const double seconds = 20.0, bpm = 120.0;
   std::vector<double> truth = click_times(seconds, bpm);
-  for (int rate : {16000, 44100, 48000}) {
+  for (int rate : {8000, 11025, 16000, 44100, 48000, 96000}) {
     BeatGrid grid = analyze(make_pcm(test::click_track(seconds, rate, bpm), rate));
     expect_consistent(grid);
     EXPECT_NEAR(grid.tempo_bpm, bpm, kTempoTolerance * bpm) << rate;
@@ -236,6 +237,127 @@ TEST(AnalysisTest, LeadingAndTrailingSilenceIsTrimmed) {
   double last_click = 5.0 + click_times(12.0, bpm).back();
   EXPECT_LT(grid.beats.back(), last_click + kBeatTolerance);
   EXPECT_GT(grid.beats.back(), last_click - 60.0 / bpm - kBeatTolerance);
+}
+
+// 8 bars at 100 BPM, then (on a downbeat) 10 bars at 128 BPM: the click times and bar
+// positions.
+struct TempoChange {
+  std::vector<float> samples;
+  std::vector<double> beats;
+  std::vector<int> positions;
+};
+
+TempoChange tempo_change_track() {
+  TempoChange track;
+  const double change = kFirstBeat + 32 * 0.6;  // 19.7 s
+  track.samples = test::click_track(change, kRate, 100.0, 4, kFirstBeat);
+  std::vector<float> fast = test::click_track(40 * 60.0 / 128.0 + 0.5, kRate, 128.0, 4, 0.0);
+  track.samples.resize(size_t(change * kRate), 0.0f);
+  track.samples.insert(track.samples.end(), fast.begin(), fast.end());
+  for (int k = 0; k < 32; ++k) track.beats.push_back(kFirstBeat + k * 0.6);
+  for (int k = 0; k < 40; ++k) track.beats.push_back(change + k * 60.0 / 128.0);
+  for (size_t k = 0; k < track.beats.size(); ++k) track.positions.push_back(int(k % 4) + 1);
+  return track;
+}
+
+TEST(AnalysisTest, FollowsAnAbruptTempoChangeAndKeepsTheBar) {
+  TempoChange track = tempo_change_track();
+  BeatGrid grid = analyze(make_pcm(track.samples));
+  expect_consistent(grid);
+  EXPECT_EQ(grid.meter, 4);
+  std::vector<double> downbeats;
+  for (size_t k = 0; k < track.beats.size(); ++k)
+    if (track.positions[k] == 1) downbeats.push_back(track.beats[k]);
+  EXPECT_GE(f_measure(track.beats, grid.beats), 0.97);
+  EXPECT_GE(f_measure(downbeats, grid.downbeats), 0.9);
+  EXPECT_GE(continuity(track.beats, grid.beats).cml_t, 0.9);
+}
+
+TEST(AnalysisTest, ThreeSecondClipGivesItsBeats) {
+  const double seconds = 3.0, bpm = 120.0;
+  BeatGrid grid = analyze(make_pcm(test::click_track(seconds, kRate, bpm, 4, kFirstBeat)));
+  expect_consistent(grid);
+  std::vector<double> truth = click_times(seconds, bpm);
+  EXPECT_GE(f_measure(truth, grid.beats), 0.8);
+  EXPECT_NEAR(grid.tempo_bpm, bpm, 0.05 * bpm);
+}
+
+TEST(AnalysisTest, TwentyMinuteFileIsTracked) {
+  // A cheap click track at the analysis rate; the whole analysis takes about a second.
+  const double seconds = 20 * 60.0, bpm = 124.0;
+  BeatGrid grid = analyze(make_pcm(test::click_track(seconds, kRate, bpm, 4, kFirstBeat)));
+  expect_consistent(grid);
+  std::vector<double> truth = click_times(seconds, bpm);
+  EXPECT_NEAR(grid.tempo_bpm, bpm, kTempoTolerance * bpm);
+  EXPECT_GE(f_measure(truth, grid.beats), 0.99);
+  std::vector<double> downbeats;
+  for (size_t k = 0; k < truth.size(); k += 4) downbeats.push_back(truth[k]);
+  EXPECT_GE(f_measure(downbeats, grid.downbeats), 0.99);
+}
+
+TEST(AnalysisTest, BeatlessIntroGetsNoBeats) {
+  // 8 s of a slowly swelling noise pad, then a click track.
+  const double intro = 8.0, bpm = 110.0;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> noise(0.0f, 1.0f);
+  std::vector<float> samples(size_t(intro * kRate));
+  float state = 0.0f;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    state = 0.995f * state + 0.005f * noise(rng);  // low-passed
+    float swell = 0.5f - 0.5f * std::cos(2.0f * float(M_PI) * float(i) / kRate / 4.0f);
+    samples[i] = 2.0f * swell * state;
+  }
+  std::vector<float> clicks = test::click_track(20.0, kRate, bpm, 4, 0.0);
+  samples.insert(samples.end(), clicks.begin(), clicks.end());
+  BeatGrid grid = analyze(make_pcm(samples));
+  expect_consistent(grid);
+  ASSERT_FALSE(grid.beats.empty());
+  EXPECT_GT(grid.beats.front(), intro - kBeatTolerance);
+  EXPECT_NEAR(grid.tempo_bpm, bpm, kTempoTolerance * bpm);
+}
+
+TEST(AnalysisTest, SurroundMatchesMono) {
+  // 5.1: the clicks on front left/right and centre, silence on LFE and surrounds.
+  std::vector<float> mono = test::click_track(15.0, kRate, 120.0);
+  std::vector<float> surround(mono.size() * 6, 0.0f);
+  for (size_t i = 0; i < mono.size(); ++i)
+    for (int c : {0, 1, 2}) surround[6 * i + c] = mono[i];
+  BeatGrid a = analyze(make_pcm(mono));
+  BeatGrid b = analyze(make_pcm(surround, kRate, 6));
+  expect_consistent(b);
+  ASSERT_FALSE(a.beats.empty());
+  ASSERT_EQ(b.beats.size(), a.beats.size());
+  for (size_t i = 0; i < a.beats.size(); ++i) EXPECT_NEAR(b.beats[i], a.beats[i], 0.011);
+}
+
+TEST(AnalysisTest, AccentsAreOnTheSameScaleAcrossTracks) {
+  // Accented downbeats clear 0.5 and outrank plain beats at any tempo, and the level of
+  // the track does not change the strengths.
+  for (double bpm : {85.0, 128.0, 170.0}) {
+    std::vector<double> reference;
+    for (float gain : {1.0f, 0.05f}) {
+      std::vector<float> samples = test::click_track(20.0, kRate, bpm, 4, kFirstBeat);
+      for (float& v : samples) v *= gain;
+      BeatGrid grid = analyze(make_pcm(samples));
+      ASSERT_FALSE(grid.beats.empty()) << bpm;
+      double weakest_downbeat = 1.0, strongest_other = 0.0;
+      for (size_t i = 0; i < grid.beats.size(); ++i) {
+        if (grid.positions[i] == 1)
+          weakest_downbeat = std::min(weakest_downbeat, grid.strengths[i]);
+        else
+          strongest_other = std::max(strongest_other, grid.strengths[i]);
+      }
+      EXPECT_GT(weakest_downbeat, 0.5) << bpm;
+      EXPECT_GT(weakest_downbeat, strongest_other) << bpm;
+      if (reference.empty()) {
+        reference = grid.strengths;
+      } else {
+        ASSERT_EQ(grid.strengths.size(), reference.size()) << bpm;
+        for (size_t i = 0; i < reference.size(); ++i)
+          EXPECT_NEAR(grid.strengths[i], reference[i], 0.02) << bpm << " beat " << i;
+      }
+    }
+  }
 }
 
 }  // namespace
