@@ -537,9 +537,11 @@ at::Tensor WanTransformer::forward(const at::Tensor& hidden_states, const at::Te
   // c_shift, c_scale, c_gate (FFN).
   at::Tensor mod_base = timestep_proj.to(at::kFloat).view({B, T, 6, dim});  // [B, T, 6, dim]
 
-  // --- Blocks
+  // --- Blocks (streamed one at a time to the compute device when they are stored elsewhere)
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    const WanBlockWeights& w = blocks_[i];
+    WanBlockWeights streamed;
+    if (blocks_[i].ffn_in.weight.device() != device) streamed = blocks_[i].to(device);
+    const WanBlockWeights& w = streamed.ffn_in.weight.defined() ? streamed : blocks_[i];
     const bool first = i == 0;
     at::Tensor mod = mod_base + w.scale_shift_table;                  // [B, T, 6, dim]
     auto part = [&](int64_t index) { return mod.select(2, index); };  // [B, T, dim]
@@ -587,6 +589,31 @@ at::Tensor WanTransformer::forward(const at::Tensor& hidden_states, const at::Te
   x = x.view({B, F, H, W, pt, ph, pw, C_out});           // [B, F, H, W, pt, ph, pw, C_out]
   x = x.permute({0, 7, 1, 4, 2, 5, 3, 6});               // [B, C_out, F, pt, H, ph, W, pw]
   return x.reshape({B, C_out, F * pt, H * ph, W * pw});  // [B, C_out, F*pt, H*ph, W*pw]
+}
+
+void WanTransformer::to(at::Device device) {
+  patch_embedding_ = linear_to(patch_embedding_, device);
+  time_linear_1_ = linear_to(time_linear_1_, device);
+  time_linear_2_ = linear_to(time_linear_2_, device);
+  time_proj_ = linear_to(time_proj_, device);
+  text_linear_1_ = linear_to(text_linear_1_, device);
+  text_linear_2_ = linear_to(text_linear_2_, device);
+  image_norm1_weight_ = tensor_to(image_norm1_weight_, device);
+  image_norm1_bias_ = tensor_to(image_norm1_bias_, device);
+  image_norm2_weight_ = tensor_to(image_norm2_weight_, device);
+  image_norm2_bias_ = tensor_to(image_norm2_bias_, device);
+  image_ff_in_ = linear_to(image_ff_in_, device);
+  image_ff_out_ = linear_to(image_ff_out_, device);
+  image_pos_embed_ = tensor_to(image_pos_embed_, device);
+  for (WanBlockWeights& block : blocks_) block = block.to(device);
+  scale_shift_table_ = tensor_to(scale_shift_table_, device);
+  proj_out_ = linear_to(proj_out_, device);
+  options_.device = device;
+  rope_cache_ = std::make_shared<detail::WanRopeCache>();  // tables live on the old device
+}
+
+void WanTransformer::store_blocks_on(at::Device storage) {
+  for (WanBlockWeights& block : blocks_) block = block.to(storage);
 }
 
 }  // namespace beatfarm::models

@@ -97,6 +97,13 @@ class WanTransformer {
 
   const WanTransformerConfig& config() const { return config_; }
   const LoadOptions& options() const { return options_; }
+
+  // Moves every weight to `device`, which becomes the compute device (--cpu-offload model:
+  // the pipeline moves a component in before it computes and out after).
+  void to(at::Device device);
+  // Keeps the blocks on `storage` (the CPU) while the rest stays on the compute device; forward
+  // then copies one block at a time to the compute device (--cpu-offload sequential).
+  void store_blocks_on(at::Device storage);
   const std::vector<WanBlockWeights>& blocks() const { return blocks_; }
 
   // RoPE tables for a post-patch grid, float32 [L, head_dim] (interleaved pairs, L = F*H*W in

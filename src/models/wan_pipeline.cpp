@@ -1,0 +1,223 @@
+#include "models/wan_pipeline.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "models/tokenizer.h"
+#include "models/umt5.h"
+
+namespace beatfarm::models {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Diffusers' text length: prompts are padded to 512 tokens.
+constexpr int kTextTokens = 512;
+// Timesteps live on [0, num_train_timesteps); the expert boundary is a share of it.
+constexpr double kTrainTimesteps = 1000.0;
+
+bool component_present(const nlohmann::json& index, const std::string& name) {
+  auto entry = index.find(name);
+  return entry != index.end() && entry->is_array() && !entry->empty() && !(*entry)[0].is_null();
+}
+
+}  // namespace
+
+Offload offload_from_string(const std::string& name) {
+  if (name == "none") return Offload::None;
+  if (name == "model") return Offload::Model;
+  if (name == "sequential") return Offload::Sequential;
+  throw InputError(str("--cpu-offload '", name, "' is not one of model|sequential|none"));
+}
+
+WanT2VPipeline::WanT2VPipeline(std::shared_ptr<Umt5Encoder> text_encoder,
+                               std::shared_ptr<T5Tokenizer> tokenizer,
+                               std::shared_ptr<WanTransformer> transformer,
+                               std::shared_ptr<WanTransformer> transformer_2,
+                               std::shared_ptr<WanVae> vae, std::unique_ptr<Scheduler> scheduler,
+                               const WanPipelineConfig& config, const WanPipelineOptions& options)
+    : text_encoder_(std::move(text_encoder)),
+      tokenizer_(std::move(tokenizer)),
+      transformer_(std::move(transformer)),
+      transformer_2_(std::move(transformer_2)),
+      vae_(std::move(vae)),
+      scheduler_(std::move(scheduler)),
+      config_(config),
+      options_(options) {
+  if (!transformer_ || !vae_ || !scheduler_)
+    throw Error("WanT2VPipeline needs a transformer, a VAE and a scheduler");
+  if (config_.boundary_ratio && !transformer_2_)
+    throw Error("model_index.json sets boundary_ratio but has no transformer_2");
+  if (transformer_->config().in_channels != vae_->config().z_dim)
+    throw Error(str("transformer in_channels ", transformer_->config().in_channels,
+                    " does not match the VAE's z_dim ", vae_->config().z_dim,
+                    ": this is not a text-to-video model"));
+  // Where the weights wait between uses.
+  if (options_.offload == Offload::Sequential) {
+    for (auto* t : {transformer_.get(), transformer_2_.get()})
+      if (t) t->store_blocks_on(at::kCPU);
+  }
+}
+
+WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipelineOptions& options) {
+  fs::path root(folder);
+  fs::path index_path = root / "model_index.json";
+  std::ifstream in(index_path);
+  if (!in) throw InputError(str("'", folder, "' has no model_index.json: not a Diffusers pipeline folder"));
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str("'", index_path.string(), "' is not valid JSON: ", e.what()));
+  }
+  WanPipelineConfig config;
+  if (index.contains("boundary_ratio") && index["boundary_ratio"].is_number())
+    config.boundary_ratio = index["boundary_ratio"].get<double>();
+  if (index.contains("expand_timesteps") && index["expand_timesteps"].is_boolean())
+    config.expand_timesteps = index["expand_timesteps"].get<bool>();
+  for (const char* required : {"transformer", "vae", "scheduler"})
+    if (!component_present(index, required))
+      throw Error(str("'", index_path.string(), "' lists no ", required));
+
+  // Weights wait on the CPU unless nothing is offloaded.
+  const at::Device storage = options.offload == Offload::None ? options.device : at::Device(at::kCPU);
+  LoadOptions transformer_options{options.dtype, storage};
+  auto transformer = std::make_shared<WanTransformer>(
+      WanTransformer::load((root / "transformer").string(), transformer_options));
+  std::shared_ptr<WanTransformer> transformer_2;
+  if (component_present(index, "transformer_2"))
+    transformer_2 = std::make_shared<WanTransformer>(
+        WanTransformer::load((root / "transformer_2").string(), transformer_options));
+  auto vae = std::make_shared<WanVae>(WanVae::load((root / "vae").string(), {options.dtype, options.device}));
+  std::unique_ptr<Scheduler> scheduler = load_scheduler((root / "scheduler").string());
+  std::shared_ptr<Umt5Encoder> text_encoder;
+  std::shared_ptr<T5Tokenizer> tokenizer;
+  if (component_present(index, "text_encoder") && component_present(index, "tokenizer")) {
+    LoadOptions text_options = options.text_encoder_on_cpu
+                                   ? LoadOptions{at::kFloat, at::kCPU}
+                                   : LoadOptions{options.dtype, storage};
+    text_encoder = std::make_shared<Umt5Encoder>(Umt5Encoder::load((root / "text_encoder").string(), text_options));
+    tokenizer = std::make_shared<T5Tokenizer>(T5Tokenizer::load((root / "tokenizer").string()));
+  }
+  WanT2VPipeline pipeline(text_encoder, tokenizer, transformer, transformer_2, vae, std::move(scheduler),
+                          config, options);
+  return pipeline;
+}
+
+at::Tensor WanT2VPipeline::encode_prompts(const std::vector<std::string>& prompts) {
+  if (!has_text_encoder()) throw Error("this pipeline was built without a text encoder and tokenizer");
+  Encoded encoded = tokenizer_->encode(prompts, kTextTokens);
+  at::Tensor embeds = text_encoder_->prompt_embeds(encoded.input_ids, encoded.attention_mask);
+  return embeds.to(at::kFloat);  // [B, 512, text_dim]
+}
+
+GenerationParams WanT2VPipeline::with_defaults(GenerationParams params) const {
+  // The model cards' settings: Wan2.2 A14B 40 steps at guidance 4.0 / 3.0; Wan2.1 and
+  // Wan2.2 TI2V-5B 50 steps at guidance 5.0.
+  const bool two_experts = config_.boundary_ratio.has_value();
+  if (params.steps <= 0) params.steps = two_experts ? 40 : 50;
+  if (params.guidance_scale < 0) params.guidance_scale = two_experts ? 4.0 : 5.0;
+  if (params.guidance_scale_2 < 0) params.guidance_scale_2 = two_experts ? 3.0 : params.guidance_scale;
+  return params;
+}
+
+at::Tensor WanT2VPipeline::initial_latents(int batch, const GenerationParams& params,
+                                           uint64_t seed) const {
+  const WanVaeConfig& v = vae_->config();
+  if ((params.num_frames - 1) % v.scale_factor_temporal != 0)
+    throw InputError(str("num_frames ", params.num_frames, " is not ", v.scale_factor_temporal, "k+1"));
+  if (params.height % v.scale_factor_spatial != 0 || params.width % v.scale_factor_spatial != 0)
+    throw InputError(str("frame size ", params.width, "x", params.height, " is not a multiple of ",
+                         v.scale_factor_spatial));
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  return at::randn({batch, v.z_dim, (params.num_frames - 1) / v.scale_factor_temporal + 1,
+                    params.height / v.scale_factor_spatial, params.width / v.scale_factor_spatial},
+                   generator, at::TensorOptions().dtype(at::kFloat));  // [B, z, f, h, w]
+}
+
+at::Tensor WanT2VPipeline::run_transformer(const WanTransformer& model, const at::Tensor& latents,
+                                           const at::Tensor& timestep, const at::Tensor& context) {
+  return model.forward(latents, timestep, context);
+}
+
+at::Tensor WanT2VPipeline::generate(const at::Tensor& prompt_embeds,
+                                    const at::Tensor& negative_prompt_embeds, at::Tensor latents,
+                                    const GenerationParams& requested, const StepCallback& on_step,
+                                    PipelineTrace* trace, at::Tensor* vae_decode_input) {
+  const GenerationParams params = with_defaults(requested);
+  const auto start = std::chrono::steady_clock::now();
+  const at::Device device = options_.device;
+  const bool cfg = params.guidance_scale > 1.0;
+  if (cfg && !negative_prompt_embeds.defined())
+    throw Error("classifier-free guidance needs negative prompt embeddings");
+  if (params.flow_shift > 0) scheduler_->set_flow_shift(params.flow_shift);
+  scheduler_->set_timesteps(params.steps);
+  const at::Tensor timesteps = scheduler_->timesteps();
+  const int64_t batch = latents.size(0);
+  const double boundary = config_.boundary_ratio.value_or(0.0) * kTrainTimesteps;
+  auto record = [&](const std::string& name, const at::Tensor& value) {
+    if (trace) (*trace)[name].push_back(value.detach().to(at::kCPU).clone());
+  };
+
+  latents = latents.to(device, at::kFloat);
+  const at::Tensor context = prompt_embeds.to(device);
+  const at::Tensor negative = cfg ? negative_prompt_embeds.to(device) : at::Tensor();
+  WanTransformer* resident = nullptr;  // --cpu-offload model: the expert now on the device
+  for (int64_t i = 0; i < timesteps.size(0); ++i) {
+    const at::Tensor t = timesteps[i];
+    const bool low_noise = transformer_2_ && config_.boundary_ratio && t.item<double>() < boundary;
+    WanTransformer& model = low_noise ? *transformer_2_ : *transformer_;
+    const double guidance = low_noise ? params.guidance_scale_2 : params.guidance_scale;
+    if (options_.offload == Offload::Model && resident != &model) {
+      if (resident) resident->to(at::kCPU);
+      model.to(device);
+      resident = &model;
+    }
+    at::Tensor latent_model_input = latents.to(model.options().dtype);
+    at::Tensor timestep;
+    if (config_.expand_timesteps) {
+      // Wan2.2 TI2V: one timestep per token; in text-to-video mode every token gets t.
+      const auto& p = model.config().patch_size;
+      const int64_t tokens = (latents.size(2) / p[0]) * (latents.size(3) / p[1]) * (latents.size(4) / p[2]);
+      timestep = t.to(at::kFloat).expand({batch, tokens}).contiguous();  // [B, L]
+    } else {
+      timestep = t.expand({batch}).contiguous();  // [B]
+    }
+    record("timestep", timestep);
+    record("latent_model_input", latent_model_input);
+    record("expert", at::full({}, low_noise ? 2 : 1, at::kLong));
+    at::Tensor noise_pred = run_transformer(model, latent_model_input, timestep, context);
+    record("noise_pred_cond", noise_pred);
+    if (cfg) {
+      at::Tensor noise_uncond = run_transformer(model, latent_model_input, timestep, negative);
+      record("noise_pred_uncond", noise_uncond);
+      noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond);
+    }
+    record("noise_pred", noise_pred);
+    latents = scheduler_->step(noise_pred.to(at::kFloat), int(i), latents);
+    record("latents", latents);
+    if (on_step)
+      on_step(int(i + 1), int(timesteps.size(0)),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  if (resident) resident->to(at::kCPU);
+
+  at::Tensor z = vae_->denormalize_latents(latents);  // latents / (1 / std) + mean
+  if (vae_decode_input) *vae_decode_input = z.detach().to(at::kCPU);
+  return vae_->decode(z);  // [B, 3, F, H, W] in [-1, 1], float32
+}
+
+at::Tensor video_to_frames(const at::Tensor& video) {
+  return (video.to(at::kFloat) / 2 + 0.5).clamp(0, 1).permute({0, 2, 3, 4, 1}).contiguous();  // [B, F, H, W, 3]
+}
+
+at::Tensor video_to_frames_u8(const at::Tensor& video) {
+  return (video_to_frames(video) * 255.0).round().to(at::kByte).cpu();  // [B, F, H, W, 3]
+}
+
+}  // namespace beatfarm::models

@@ -1,0 +1,114 @@
+// Wan text-to-video (Diffusers WanPipeline semantics): Wan2.1 T2V, Wan2.2 A14B with its two
+// experts, and Wan2.2 TI2V-5B (per-token timesteps) in text-to-video mode.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "models/layers.h"
+#include "models/schedulers.h"
+#include "models/wan_transformer.h"
+#include "models/wan_vae.h"
+
+namespace beatfarm::models {
+
+class Umt5Encoder;
+class T5Tokenizer;
+
+// --cpu-offload: where weights wait while another component computes.
+enum class Offload {
+  None,       // everything stays on the compute device
+  Model,      // a component moves to the device when used and back to the CPU after
+  Sequential  // transformer blocks are streamed to the device one at a time
+};
+Offload offload_from_string(const std::string& name);
+
+struct WanPipelineOptions {
+  at::ScalarType dtype = at::kBFloat16;  // transformer and VAE weights/activations
+  at::Device device = at::kCPU;          // where the computation runs
+  Offload offload = Offload::Model;
+  bool text_encoder_on_cpu = false;  // UMT5 always computes on the CPU (in float32)
+};
+
+// What model_index.json says about the pipeline.
+struct WanPipelineConfig {
+  std::optional<double> boundary_ratio;  // Wan2.2 A14B: 0.875 -> two experts
+  bool expand_timesteps = false;         // Wan2.2 TI2V-5B
+};
+
+struct GenerationParams {
+  int num_frames = 81;  // 4k + 1
+  int height = 480;
+  int width = 832;
+  int steps = 0;                  // 0: the model's default
+  double guidance_scale = -1;     // < 0: the model's default; <= 1: no negative pass
+  double guidance_scale_2 = -1;   // low-noise expert; < 0: guidance_scale
+  double flow_shift = 0;          // 0: the scheduler config's
+};
+
+// Per-step values for the golden checks: name -> one tensor per step.
+using PipelineTrace = std::map<std::string, std::vector<at::Tensor>>;
+
+// (step, steps, seconds so far); may throw to cancel between steps.
+using StepCallback = std::function<void(int, int, double)>;
+
+class WanT2VPipeline {
+ public:
+  // A Diffusers folder with model_index.json: text_encoder, tokenizer, transformer,
+  // [transformer_2], vae, scheduler.
+  static WanT2VPipeline load(const std::string& folder, const WanPipelineOptions& options);
+  // From components (the golden tests assemble it so; text encoder/tokenizer may be null when
+  // prompt embeddings are supplied).
+  WanT2VPipeline(std::shared_ptr<Umt5Encoder> text_encoder, std::shared_ptr<T5Tokenizer> tokenizer,
+                 std::shared_ptr<WanTransformer> transformer,
+                 std::shared_ptr<WanTransformer> transformer_2, std::shared_ptr<WanVae> vae,
+                 std::unique_ptr<Scheduler> scheduler, const WanPipelineConfig& config,
+                 const WanPipelineOptions& options);
+
+  // [B, 512, text_dim] float32: UMT5 states of each cleaned prompt, zero after its tokens.
+  at::Tensor encode_prompts(const std::vector<std::string>& prompts);
+
+  // Standard normal latents [B, z, 1 + (F-1)/4, H/s, W/s] from a seed (CPU generator, so the
+  // same seed gives the same latents on any device).
+  at::Tensor initial_latents(int batch, const GenerationParams& params, uint64_t seed) const;
+
+  // Denoises `latents` and decodes them: video [B, 3, F, H, W] in [-1, 1], float32.
+  at::Tensor generate(const at::Tensor& prompt_embeds, const at::Tensor& negative_prompt_embeds,
+                      at::Tensor latents, const GenerationParams& params,
+                      const StepCallback& on_step = {}, PipelineTrace* trace = nullptr,
+                      at::Tensor* vae_decode_input = nullptr);
+
+  // Defaults of this model family (steps, guidance), filled into params where unset.
+  GenerationParams with_defaults(GenerationParams params) const;
+
+  const WanPipelineConfig& config() const { return config_; }
+  const WanVae& vae() const { return *vae_; }
+  const WanTransformer& transformer() const { return *transformer_; }
+  bool has_text_encoder() const { return text_encoder_ && tokenizer_; }
+
+ private:
+  at::Tensor run_transformer(const WanTransformer& model, const at::Tensor& latents,
+                             const at::Tensor& timestep, const at::Tensor& context);
+
+  std::shared_ptr<Umt5Encoder> text_encoder_;
+  std::shared_ptr<T5Tokenizer> tokenizer_;
+  std::shared_ptr<WanTransformer> transformer_;
+  std::shared_ptr<WanTransformer> transformer_2_;
+  std::shared_ptr<WanVae> vae_;
+  std::unique_ptr<Scheduler> scheduler_;
+  WanPipelineConfig config_;
+  WanPipelineOptions options_;
+};
+
+// video [B, 3, F, H, W] in [-1, 1] -> uint8 frames [B, F, H, W, 3] ((v/2 + 0.5).clamp(0, 1)).
+at::Tensor video_to_frames_u8(const at::Tensor& video);
+// The same as float32 in [0, 1] (Diffusers' output_type "np").
+at::Tensor video_to_frames(const at::Tensor& video);
+
+}  // namespace beatfarm::models
