@@ -44,3 +44,21 @@ at::Tensor layer_norm_f32(const at::Tensor& x, const at::Tensor& weight, const a
 at::Tensor gelu_tanh(const at::Tensor& x);
 
 }  // namespace beatfarm::models
+
+namespace beatfarm::models {
+
+// One weight a component's loader asks for. Components list theirs by running their own
+// loader in recording mode (shapes only, on the meta device), so the list can never drift
+// from what loading requires: tools/make_tiny_wan writes random weights from it.
+struct ParamSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool float32 = false;  // kept in float32 whatever the compute dtype
+};
+
+// A stand-in tensor of `shape` that holds no memory.
+inline at::Tensor meta_tensor(const std::vector<int64_t>& shape) {
+  return at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(at::kMeta));
+}
+
+}  // namespace beatfarm::models

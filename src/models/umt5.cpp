@@ -98,8 +98,22 @@ at::Tensor relative_position_bucket(const at::Tensor& relative_position, bool bi
 
 Umt5Encoder Umt5Encoder::load(const std::string& folder, const LoadOptions& options) {
   namespace fs = std::filesystem;
+  const WeightFiles weights = WeightFiles::open(folder);
+  return build(Umt5Config::from_json((fs::path(folder) / "config.json").string()), options,
+               &weights, nullptr, folder);
+}
+
+std::vector<ParamSpec> Umt5Encoder::parameter_specs(const Umt5Config& config) {
+  std::vector<ParamSpec> specs;
+  build(config, LoadOptions{at::kFloat, at::kMeta}, nullptr, &specs, "(parameter list)");
+  return specs;
+}
+
+Umt5Encoder Umt5Encoder::build(const Umt5Config& config, const LoadOptions& options,
+                               const WeightFiles* weights_or_null,
+                               std::vector<ParamSpec>* recorder, const std::string& folder) {
   Umt5Encoder model;
-  model.config_ = Umt5Config::from_json((fs::path(folder) / "config.json").string());
+  model.config_ = config;
   model.options_ = options;
   const Umt5Config& c = model.config_;
 
@@ -113,9 +127,13 @@ Umt5Encoder Umt5Encoder::load(const std::string& folder, const LoadOptions& opti
     throw Error(str(folder, "/config.json: feed_forward_proj \"", proj, "\" is not supported"));
   }
 
-  const WeightFiles weights = WeightFiles::open(folder);
   auto load_checked = [&](const std::string& name, const std::vector<int64_t>& shape,
                           bool float32) {
+    if (recorder) {
+      recorder->push_back({name, shape, float32});
+      return meta_tensor(shape);
+    }
+    const WeightFiles& weights = *weights_or_null;
     at::Tensor t =
         float32 ? load_f32(weights, name, options) : models::load(weights, name, options);
     expect_shape(t, name, shape);
@@ -127,7 +145,8 @@ Umt5Encoder Umt5Encoder::load(const std::string& folder, const LoadOptions& opti
 
   // The tied embedding: "shared.weight", or its duplicate when a checkpoint drops it.
   const std::string embedding_name =
-      weights.has("shared.weight") || !weights.has("encoder.embed_tokens.weight")
+      !weights_or_null || weights_or_null->has("shared.weight") ||
+              !weights_or_null->has("encoder.embed_tokens.weight")
           ? "shared.weight"
           : "encoder.embed_tokens.weight";
   model.embedding_ = load_checked(embedding_name, {c.vocab_size, c.d_model}, false);

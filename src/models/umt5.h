@@ -40,6 +40,8 @@ class Umt5Encoder {
  public:
   // A folder with config.json and the weights (one .safetensors or an index with shards).
   static Umt5Encoder load(const std::string& folder, const LoadOptions& options = {});
+  // Every weight this config needs, by transformers name, in load order.
+  static std::vector<ParamSpec> parameter_specs(const Umt5Config& config);
 
   // input_ids [B, L] int64, attention_mask [B, L] (1 = token, 0 = padding) -> last_hidden_state
   // [B, L, d_model] in options.dtype. `intermediates` gets "hidden_states.0_embeddings" and
@@ -55,6 +57,9 @@ class Umt5Encoder {
   const LoadOptions& options() const { return options_; }
 
  private:
+  static Umt5Encoder build(const Umt5Config& config, const LoadOptions& options,
+                           const WeightFiles* weights_or_null, std::vector<ParamSpec>* recorder,
+                           const std::string& folder);
   struct Block {
     at::Tensor attention_norm;           // [d_model] float32
     Linear q, k, v, o;                   // no biases in T5

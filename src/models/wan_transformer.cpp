@@ -138,6 +138,7 @@ struct WanWeightSource {
   std::string origin;
   std::function<bool(const std::string&)> has;
   std::function<at::Tensor(const std::string&, at::ScalarType, at::Device)> get;
+  std::vector<ParamSpec>* recorder = nullptr;  // set: list the weights instead of loading
 };
 
 struct WanRopeCache {
@@ -158,6 +159,10 @@ class Loader {
 
   at::Tensor tensor(const std::string& name, const std::vector<int64_t>& shape,
                     bool f32 = false) const {
+    if (source_.recorder) {
+      source_.recorder->push_back({name, shape, f32});
+      return meta_tensor(shape);
+    }
     if (!source_.has(name))
       throw Error(str("WanTransformer: '", source_.origin, "' has no weight '", name, "'"));
     at::Tensor tensor = source_.get(name, f32 ? at::kFloat : options_.dtype, options_.device);
@@ -614,6 +619,13 @@ void WanTransformer::to(at::Device device) {
 
 void WanTransformer::store_blocks_on(at::Device storage) {
   for (WanBlockWeights& block : blocks_) block = block.to(storage);
+}
+
+std::vector<ParamSpec> WanTransformer::parameter_specs(const WanTransformerConfig& config) {
+  std::vector<ParamSpec> specs;
+  detail::WanWeightSource source{"(parameter list)", [](const std::string&) { return true; }, {}, &specs};
+  WanTransformer recorded(source, config, LoadOptions{at::kFloat, at::kMeta});
+  return specs;
 }
 
 }  // namespace beatfarm::models

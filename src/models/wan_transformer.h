@@ -83,6 +83,8 @@ class WanTransformer {
                  const WanTransformerConfig& config, const LoadOptions& options);
   // folder/config.json plus the folder's safetensors (single file or sharded index).
   static WanTransformer load(const std::string& folder, const LoadOptions& options);
+  // Every weight this config needs, by Diffusers name, in load order.
+  static std::vector<ParamSpec> parameter_specs(const WanTransformerConfig& config);
 
   // hidden_states [B, in_channels, F, H, W]; timestep [B] or per token [B, L] (Wan2.2 TI2V,
   // L = F/pt * H/ph * W/pw); encoder_hidden_states [B, Lt, text_dim] (Lt must be 512 when

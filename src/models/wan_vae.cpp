@@ -477,12 +477,19 @@ void blend(const at::Tensor& a, const at::Tensor& b, int64_t dim, int64_t extent
 class Loader {
  public:
   Loader(const WeightFiles& weights, const LoadOptions& options)
-      : weights_(weights), options_(options) {}
+      : weights_(&weights), options_(options) {}
+  // Recording mode: lists the weights (shapes on the meta device) instead of loading them.
+  Loader(std::vector<ParamSpec>* recorder, const LoadOptions& options)
+      : recorder_(recorder), options_(options) {}
 
   at::Tensor tensor(const std::string& name, const std::vector<int64_t>& shape,
                     bool float32 = false) const {
-    if (weights_.has(name)) expect_shape_of_header(name, shape);
-    at::Tensor t = float32 ? load_f32(weights_, name, options_) : load(weights_, name, options_);
+    if (recorder_) {
+      recorder_->push_back({name, shape, float32});
+      return meta_tensor(shape);
+    }
+    if (weights_->has(name)) expect_shape_of_header(name, shape);
+    at::Tensor t = float32 ? load_f32(*weights_, name, options_) : load(*weights_, name, options_);
     expect_shape(t, name, shape);
     return t;
   }
@@ -567,11 +574,12 @@ class Loader {
  private:
   // Checks the header's shape before converting (cheaper than loading a mismatched tensor).
   void expect_shape_of_header(const std::string& name, const std::vector<int64_t>& shape) const {
-    const std::vector<int64_t>& have = weights_.info(name).shape;
+    const std::vector<int64_t>& have = weights_->info(name).shape;
     if (have != shape) expect_shape(at::empty(have, at::kByte), name, shape);  // throws
   }
 
-  const WeightFiles& weights_;
+  const WeightFiles* weights_ = nullptr;
+  std::vector<ParamSpec>* recorder_ = nullptr;
   const LoadOptions& options_;
 };
 
@@ -779,6 +787,19 @@ WanVae::WanVae(const WeightFiles& weights, const WanVaeConfig& config, const Loa
   for (bool t : config.temperal_downsample)
     if (t) impl->temporal_ratio *= 2;
   impl_ = std::move(impl);
+}
+
+std::vector<ParamSpec> WanVae::parameter_specs(const WanVaeConfig& config) {
+  check_config(config, "(parameter list)");
+  std::vector<ParamSpec> specs;
+  const LoadOptions options{at::kFloat, at::kMeta};
+  Loader load(&specs, options);
+  load_encoder(load, config);
+  load_decoder(load, config);
+  const int64_t z = config.z_dim;
+  load.causal_conv("quant_conv", 2 * z, 2 * z, {1, 1, 1}, 0, 0);
+  load.causal_conv("post_quant_conv", z, z, {1, 1, 1}, 0, 0);
+  return specs;
 }
 
 WanVae WanVae::load(const std::string& folder, const LoadOptions& options) {

@@ -69,6 +69,8 @@ class WanVae {
   WanVae(const WeightFiles& weights, const WanVaeConfig& config, const LoadOptions& options);
   // A Diffusers "vae" folder: config.json + diffusion_pytorch_model.safetensors.
   static WanVae load(const std::string& folder, const LoadOptions& options);
+  // Every weight this config needs, by Diffusers name, in load order.
+  static std::vector<ParamSpec> parameter_specs(const WanVaeConfig& config);
 
   const WanVaeConfig& config() const;
 
