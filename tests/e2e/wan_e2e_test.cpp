@@ -1,0 +1,109 @@
+// The wan backend in a whole MPI job, on a tiny random model written by tools/make_tiny_wan.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "store/task_file.h"
+#include "test_util.h"
+#include "video/reader.h"
+
+namespace beatfarm {
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::string kExample = test::data_path("example_house_126.ogg");
+
+int run_job(int ranks, const std::string& args, std::string* log) {
+  return test::run_command(std::string(BEATFARM_MPIEXEC) + " --allow-run-as-root --oversubscribe -np " +
+                               std::to_string(ranks) + " " + BEATFARM_BINARY + " " + args,
+                           log);
+}
+
+std::string tiny_model(const test::TempDir& dir) {
+  std::string folder = dir.file("tiny");
+  std::string log;
+  EXPECT_EQ(test::run_command(std::string(BEATFARM_MAKE_TINY_WAN) + " --output " + folder, &log), 0) << log;
+  return folder;
+}
+
+uint64_t hash_frames(const FrameStack& frames) {
+  uint64_t hash = 0xCBF29CE484222325ull;
+  for (uint8_t byte : frames.rgb) hash = (hash ^ byte) * 0x100000001B3ull;
+  return hash;
+}
+
+std::string wan_args(const test::TempDir& dir, const std::string& model, const std::string& name,
+                     const std::string& extra = "") {
+  return "--backend wan --model " + model + " --audio " + kExample + " --audio-end 8 --output " +
+         dir.file(name + ".mp4") + " --work-dir " + dir.file(name) +
+         " --width 64 --height 48 --steps 3 --num-peak-clips 3 --dtype fp32 --threads 1 " + extra;
+}
+
+TEST(WanE2E, TwoRanksRenderPeaksWithTheTinyModel) {
+  test::TempDir dir("bf_wan");
+  std::string model = tiny_model(dir);
+  std::string log;
+  ASSERT_EQ(run_job(2, wan_args(dir, model, "job"), &log), 0) << log;
+  EXPECT_NE(log.find("wan: loaded"), std::string::npos) << log;
+  std::ifstream in(dir.file("job/plan.json"));
+  json plan = json::parse(in).at("plan");
+  int peaks = 0;
+  for (const json& task : plan.at("tasks")) {
+    std::string path = dir.file("job/" + task.at("name").get<std::string>() + ".h5");
+    std::string why;
+    ASSERT_TRUE(store::is_complete_task_file(path, &why)) << why;
+    if (task.at("kind") != "peak") continue;
+    ++peaks;
+    store::TaskAttrs attrs = store::read_task_attrs(path);
+    EXPECT_EQ(attrs.backend, "wan");
+    EXPECT_EQ(attrs.model, model);
+    EXPECT_EQ(attrs.steps, 3);
+    EXPECT_EQ(attrs.method, "t2v");
+    store::FramesShape shape = store::read_frames_shape(path);
+    EXPECT_EQ((shape.count - 1) % 4, 0) << "Wan renders 4k+1 frames";
+    EXPECT_GE(shape.count, task.at("frames").get<int>());
+    EXPECT_EQ(shape.height, 48);
+    EXPECT_EQ(shape.width, 64);
+  }
+  EXPECT_GE(peaks, 2);
+  video::MediaInfo info = video::probe_media(dir.file("job.mp4"));
+  EXPECT_EQ(info.video_frames, 128);
+  EXPECT_NEAR(info.audio_duration, 8.0, 1.0 / 16);
+
+  // Seeds come from the task, not the rank: one rank renders the same frames.
+  ASSERT_EQ(run_job(1, wan_args(dir, model, "one"), &log), 0) << log;
+  EXPECT_EQ(hash_frames(video::read_video_frames(dir.file("one.mp4"))),
+            hash_frames(video::read_video_frames(dir.file("job.mp4"))));
+}
+
+TEST(WanE2E, SlicedModeCutsOneGeneration) {
+  test::TempDir dir("bf_wan_sliced");
+  std::string model = tiny_model(dir);
+  std::string log;
+  ASSERT_EQ(run_job(2, wan_args(dir, model, "job", "--mode sliced"), &log), 0) << log;
+  std::ifstream in(dir.file("job/plan.json"));
+  json plan = json::parse(in).at("plan");
+  ASSERT_EQ(plan.at("tasks")[0].at("kind"), "peak");
+  int render_frames = plan.at("tasks")[0].at("render_frames");
+  EXPECT_EQ((render_frames - 1) % 4, 0);
+  EXPECT_EQ(store::read_frames_shape(dir.file("job/peak_0000.h5")).count, render_frames);
+  EXPECT_EQ(video::probe_media(dir.file("job.mp4")).video_frames, 128);
+}
+
+TEST(WanE2E, AMissingModelFailsBeforeRenderingWithTheDownloadHint) {
+  test::TempDir dir("bf_wan_missing");
+  std::string log;
+  int code = run_job(2, "--backend wan --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --cache-dir " +
+                            dir.file("hub") + " --audio " + kExample + " --output " + dir.file("o.mp4") +
+                            " --work-dir " + dir.file("w"),
+                     &log);
+  EXPECT_EQ(code, 2) << log;
+  EXPECT_NE(log.find("huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(dir.file("o.mp4")));
+}
+
+}  // namespace
+}  // namespace beatfarm
