@@ -22,8 +22,10 @@ packages=(
   libgtest-dev libgmock-dev
   # the safetensors header fuzzer (libFuzzer)
   clang libfuzzer-14-dev
+  # the Slurm test: a single-node cluster (slurmctld, slurmd, sbatch, srun) with munge
+  slurm-wlm munge
   # beat-tracker evaluation and test audio
-  python3-mir-eval sox
+  python3-mir-eval sox aubio-tools
 )
 
 # Skip the (slow) apt round trip when everything is already there.

@@ -1,28 +1,59 @@
 #include "farm/farm.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <thread>
 
 #include "common/error.h"
 #include "common/log.h"
+#include "farm/gather.h"
+#include "farm/lock.h"
 #include "farm/scheduler.h"
+#include "farm/stop.h"
 
 namespace beatfarm::farm {
 namespace {
 
-constexpr int kTagRequest = 101;  // worker -> rank 0: "I finished X, give me work"
-constexpr int kTagAssign = 102;   // rank 0 -> worker: task id, or kNoMoreWork
-constexpr int kNoMoreWork = -1;
+namespace fs = std::filesystem;
+
+constexpr int kTagRequest = 101;  // worker -> rank 0: "I finished / failed / gave up X"
+constexpr int kTagAssign = 102;   // rank 0 -> worker: an Assignment
+constexpr int kTagStop = 103;     // rank 0 -> worker: stop after (or abandon) the task in flight
+constexpr int kTagFile = 104;     // worker -> rank 0: a gathered task file (header + chunks)
+constexpr int kTagFrame = 105;    // rank 0 -> worker: a transition's boundary frames
+// After a stop, seconds beyond --stop-timeout that rank 0 waits for a rank before it ends
+// the job (the rank is gone or stuck).
+constexpr double kStopGraceSeconds = 30.0;
+
+enum RequestKind : int { kHello = 0, kDone = 1, kFailed = 2, kAbandoned = 3 };
+enum AssignCode : int { kWork = 0, kNoMoreWork = 1, kStopNow = 2, kGiveUp = 3 };
 
 struct Request {
-  int task;  // finished task, or -1 on the first request
+  int kind;  // RequestKind
+  int task;  // the task reported on (-1 with kHello)
   int rank;
+  int pid;
+  int stopping;  // this rank was asked to stop: no new work for it
+  int files;     // gathered files that follow with kTagFile
   double seconds;
   char host[64];
+  char pid_space[96];  // kernel boot id + pid namespace: where `pid` means this process
+  char message[512];   // why the task failed
+};
+
+struct Assignment {
+  int code;    // AssignCode
+  int task;    // with kWork
+  int frames;  // boundary frames that follow with kTagFrame (0 or 2)
+  int notice;  // rank 0 sent a kTagStop message to this rank (receive it if not yet done)
 };
 
 std::string format_seconds(double s) {
@@ -32,6 +63,23 @@ std::string format_seconds(double s) {
   else
     std::snprintf(buffer, sizeof buffer, "%dm%02ds", int(s) / 60, int(s) % 60);
   return buffer;
+}
+
+// Two processes with the same value can see each other's pids.
+std::string pid_space() {
+  std::ifstream boot("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(boot, id);
+  std::error_code error;
+  std::string ns = fs::read_symlink("/proc/self/ns/pid", error).string();
+  return id + ":" + ns;
+}
+
+std::string local_time() {
+  std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", std::localtime(&now));
+  return stamp;
 }
 
 // Seconds of rendering left: each task at the observed rate of its method, else by cost.
@@ -51,117 +99,414 @@ double estimate_left(const plan::Timeline& timeline, const std::vector<bool>& do
   return left;
 }
 
-// Rank 0's dispatcher: answers requests until every rank has been told to stop.
-std::vector<TaskRecord> dispatch(const MpiWorld& world, const plan::Timeline& timeline,
-                                 const std::vector<bool>& already_done) {
-  Scheduler scheduler(timeline.tasks, already_done);
-  std::vector<TaskRecord> records;
-  for (size_t i = 0; i < already_done.size(); ++i)
-    if (already_done[i]) records.push_back({int(i), -1, "", 0.0, true});
-  const auto start = std::chrono::steady_clock::now();
-  const int to_render = scheduler.total() - scheduler.done();
-  int rendered = 0;
-  // Observed seconds per rendered frame for each method, for the ETA.
-  std::map<std::string, std::pair<double, double>> rates;
-  double seconds_per_cost = 0.0, seconds_per_cost_total = 0.0, cost_done_total = 0.0;
-  std::vector<bool> scheduler_done = already_done;
-  scheduler_done.resize(timeline.tasks.size(), false);
-  std::deque<int> idle;
-  int active = world.size;
-  while (active > 0) {
-    Request request;
-    MPI_Request handle;
-    MPI_Status status;
-    MPI_Irecv(&request, sizeof request, MPI_BYTE, MPI_ANY_SOURCE, kTagRequest, world.dispatch,
-              &handle);
-    wait_politely(&handle, &status);
-    if (request.task >= 0) {
-      scheduler.mark_done(request.task);
-      scheduler_done[request.task] = true;
-      ++rendered;
-      request.host[sizeof request.host - 1] = '\0';
-      records.push_back({request.task, status.MPI_SOURCE, request.host, request.seconds, false});
-      double elapsed =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      const plan::Task& finished = timeline.tasks[request.task];
-      rates[finished.method].first += request.seconds;
-      rates[finished.method].second += finished.render_frames;
-      seconds_per_cost =
-          (seconds_per_cost_total += request.seconds) / (cost_done_total += finished.cost);
-      double eta = estimate_left(timeline, scheduler_done, rates, seconds_per_cost) / world.size;
-      log_info("done ", rendered, "/", to_render, " ", timeline.tasks[request.task].name, " (rank ",
-               status.MPI_SOURCE, ", ", format_seconds(request.seconds), ") elapsed ",
-               format_seconds(elapsed), " ETA ", format_seconds(eta));
+// Rank 0's dispatcher: answers requests until every rank has been dismissed.
+class Dispatcher {
+ public:
+  Dispatcher(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& work,
+             const std::vector<bool>& already_done, const FarmOptions& options)
+      : world_(world),
+        timeline_(timeline),
+        work_(work),
+        options_(options),
+        scheduler_(timeline.tasks, already_done),
+        done_(already_done),
+        attempts_(timeline.tasks.size(), 0),
+        running_(world.size, -1),
+        pids_(world.size, 0),
+        hosts_(world.size),
+        notice_sent_(world.size, false),
+        same_pid_space_(world.size, false),
+        pid_space_(pid_space()),
+        dismissed_(world.size, false) {
+    done_.resize(timeline.tasks.size(), false);
+    for (size_t i = 0; i < already_done.size(); ++i)
+      if (already_done[i]) result_.records.push_back({int(i), -1, "", 0.0, true});
+    to_render_ = scheduler_.total() - scheduler_.done();
+    options_.gathering.resize(world.size, false);
+  }
+
+  FarmResult run() {
+    start_ = std::chrono::steady_clock::now();
+    while (active_ > 0) {
+      Request request;
+      MPI_Status status;
+      receive_request(&request, &status);
+      handle(request, status.MPI_SOURCE);
+      idle_.push_back(status.MPI_SOURCE);
+      serve_idle();
     }
-    idle.push_back(status.MPI_SOURCE);
-    while (!idle.empty()) {
-      std::optional<int> task = scheduler.next();
-      if (task) {
-        int assignment = *task;
-        MPI_Send(&assignment, 1, MPI_INT, idle.front(), kTagAssign, world.dispatch);
-        idle.pop_front();
-        continue;
+    for (MPI_Request& notice : notices_) MPI_Wait(&notice, MPI_STATUS_IGNORE);
+    result_.outcome = mode_;
+    return result_;
+  }
+
+ private:
+  // Waits for the next request; meanwhile notices a stop signal that reached rank 0.
+  void receive_request(Request* request, MPI_Status* status) {
+    MPI_Request handle;
+    MPI_Irecv(request, sizeof *request, MPI_BYTE, MPI_ANY_SOURCE, kTagRequest, world_.dispatch,
+              &handle);
+    auto pause = std::chrono::microseconds(50);
+    auto last_check = std::chrono::steady_clock::now();
+    for (;;) {
+      int done = 0;
+      MPI_Test(&handle, &done, status);
+      if (done) break;
+      if (mode_ == FarmOutcome::Completed && stop_requested()) {
+        begin_stop(str(stop_reason(), " on rank 0"));
+        serve_idle();
       }
-      if (scheduler.all_done()) {
-        for (int rank : idle) {
-          int stop = kNoMoreWork;
-          MPI_Send(&stop, 1, MPI_INT, rank, kTagAssign, world.dispatch);
-          --active;
-        }
-        idle.clear();
-      } else if (scheduler.running() == 0) {
-        throw Error("scheduler: tasks remain but none can start (a dependency cycle in the plan)");
+      if (std::chrono::steady_clock::now() - last_check > std::chrono::milliseconds(500)) {
+        last_check = std::chrono::steady_clock::now();
+        watch_ranks();
       }
-      break;
+      std::this_thread::sleep_for(pause);
+      if (pause < std::chrono::microseconds(5000)) pause *= 2;
+    }
+    request->host[sizeof request->host - 1] = '\0';
+    request->pid_space[sizeof request->pid_space - 1] = '\0';
+    request->message[sizeof request->message - 1] = '\0';
+  }
+
+  // A rank on this host whose process ended, or (after a stop) a rank that never answers,
+  // ends the job now, named with its task: the launcher would otherwise wait for it
+  // (srun waits KillWait seconds after its SIGTERM) or, without one, forever.
+  void watch_ranks() {
+    for (int r = 1; r < world_.size; ++r) {
+      if (dismissed_[r] || !same_pid_space_[r] || !process_has_ended(pids_[r])) continue;
+      log_error("rank ", r, " (host ", hosts_[r], ", pid ", pids_[r], ") died ",
+                running_[r] >= 0 ? "while rendering task " + timeline_.tasks[running_[r]].name
+                                 : std::string("between tasks"),
+                "; ending the job. Finished tasks stay in ", work_.root,
+                " (continue with --resume ", work_.root, ")");
+      abort_job(kExitFailure);
+    }
+    if (mode_ == FarmOutcome::Stopped && stop_requested() &&
+        seconds_since_stop() > options_.stop_timeout + kStopGraceSeconds) {
+      std::string silent;
+      for (int r = 0; r < world_.size; ++r)
+        if (!dismissed_[r] && running_[r] >= 0)
+          silent += str(silent.empty() ? "" : ", ", "rank ", r, " (host ", hosts_[r], ", pid ",
+                        pids_[r], ", task ", timeline_.tasks[running_[r]].name, ")");
+      if (silent.empty()) return;
+      log_error("no answer ", seconds_since_stop(), " s after the stop from ", silent,
+                ": ending the job; finished tasks stay in ", work_.root);
+      abort_job(kExitFailure);
     }
   }
-  return records;
-}
 
-void work(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& work_dir,
-          render::Backend& backend) {
+  void handle(const Request& request, int source) {
+    if (request.kind == kHello) {
+      pids_[source] = request.pid;
+      hosts_[source] = request.host;
+      same_pid_space_[source] = std::string(request.pid_space) == pid_space_;
+    } else {
+      if (request.task < 0 || request.task >= int(timeline_.tasks.size()) ||
+          running_[source] != request.task)
+        throw Error(str("rank ", source, " reported on task ", request.task,
+                        ", which it was not rendering"));
+      running_[source] = -1;
+      std::remove(work_.inflight(source).c_str());
+      const plan::Task& task = timeline_.tasks[request.task];
+      std::string failure = request.kind == kFailed ? request.message : "";
+      if (request.kind == kDone && request.files > 0) failure = receive_files(request, source);
+      if (request.kind == kAbandoned) {
+        scheduler_.mark_pending(request.task);
+        result_.abandoned.push_back(task.name);
+        log_info(task.name, " abandoned on rank ", source, " (", request.message,
+                 "); a resumed job renders it");
+      } else if (request.kind == kFailed || !failure.empty()) {
+        fail_attempt(request.task, source, failure);
+      } else if (request.kind == kDone) {
+        finish(request, source);
+      }
+    }
+    if (request.stopping && mode_ == FarmOutcome::Completed)
+      begin_stop(str("a stop request on rank ", source));
+  }
+
+  // Receives the gathered files of a finished task; returns "" or what went wrong.
+  std::string receive_files(const Request& request, int source) {
+    const plan::Task& task = timeline_.tasks[request.task];
+    std::string problem;
+    for (int f = 0; f < request.files; ++f) {
+      try {
+        SentFile file = receive_file(
+            work_.root, source, kTagFile, world_.dispatch, [&](const std::string& name) {
+              return name == task.name + ".h5" || name == task.name + ".mp4";
+            });
+        log_debug("gather: ", file.name, " from rank ", source, ", ", file.size, " bytes, fnv1a64 ",
+                  std::hex, file.checksum);
+      } catch (const std::exception& e) {
+        if (problem.empty()) problem = e.what();
+      }
+    }
+    std::string why;
+    if (problem.empty() && !store::is_complete_task_file(work_.task_h5(task), &why))
+      problem = str(task.name, ".h5 from rank ", source, " is not valid: ", why);
+    if (!problem.empty()) std::remove(work_.task_h5(task).c_str());
+    return problem;
+  }
+
+  void finish(const Request& request, int source) {
+    const plan::Task& task = timeline_.tasks[request.task];
+    scheduler_.mark_done(request.task);
+    done_[request.task] = true;
+    ++rendered_;
+    result_.records.push_back({request.task, source, request.host, request.seconds, false});
+    double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    rates_[task.method].first += request.seconds;
+    rates_[task.method].second += task.render_frames;
+    seconds_per_cost_total_ += request.seconds;
+    cost_done_total_ += task.cost;
+    double seconds_per_cost = seconds_per_cost_total_ / std::max(cost_done_total_, 1e-9);
+    double eta = estimate_left(timeline_, done_, rates_, seconds_per_cost) / world_.size;
+    log_info("done ", rendered_, "/", to_render_, " ", task.name, " (rank ", source, ", ",
+             format_seconds(request.seconds), ") elapsed ", format_seconds(elapsed), " ETA ",
+             format_seconds(eta));
+  }
+
+  // A task failed on `rank`: try it again, or give the job up after 1 + max_retries tries.
+  void fail_attempt(int task_id, int rank, const std::string& message) {
+    const plan::Task& task = timeline_.tasks[task_id];
+    scheduler_.mark_pending(task_id);
+    int tries = ++attempts_[task_id];
+    const int allowed = 1 + std::max(0, options_.max_retries);
+    if (tries < allowed) {
+      log_warn("task ", task.name, " failed on rank ", rank, " (", hosts_[rank], "), attempt ",
+               tries, " of ", allowed, ": ", message, "; trying again");
+      return;
+    }
+    std::string failure =
+        str("task ", task.name, " failed ", tries, " times (--max-retries ", options_.max_retries,
+            "); last on rank ", rank, " (", hosts_[rank], "): ", message);
+    log_error(failure);
+    if (mode_ != FarmOutcome::Failed) {
+      mode_ = FarmOutcome::Failed;
+      result_.failure = failure;
+      log_error("no new tasks start; the tasks in flight finish, then the job ends");
+    }
+  }
+
+  void begin_stop(const std::string& why) {
+    mode_ = FarmOutcome::Stopped;
+    request_stop();
+    int busy = 0;
+    for (int task : running_) busy += task >= 0;
+    log_warn("stopping on ", why, ": no new tasks; ", busy,
+             " task(s) in flight finish within --stop-timeout ", options_.stop_timeout,
+             " s or are abandoned");
+    for (int r = 1; r < world_.size; ++r) {
+      if (dismissed_[r] || notice_sent_[r]) continue;
+      static const int kNotice = 1;
+      notices_.emplace_back();
+      MPI_Isend(&kNotice, 1, MPI_INT, r, kTagStop, world_.dispatch, &notices_.back());
+      notice_sent_[r] = true;
+    }
+  }
+
+  void dismiss(int rank, int code) {
+    Assignment a{code, -1, 0, notice_sent_[rank] ? 1 : 0};
+    MPI_Send(&a, sizeof a, MPI_BYTE, rank, kTagAssign, world_.dispatch);
+    dismissed_[rank] = true;
+    --active_;
+  }
+
+  // Hands task_id to rank; false if the task could not be handed out (counted as a failure).
+  bool assign(int rank, int task_id) {
+    const plan::Task& task = timeline_.tasks[task_id];
+    std::vector<Frame> frames;
+    if (rank != 0 && options_.gathering[rank] && task.kind != plan::TaskKind::Peak) {
+      try {
+        frames.push_back(store::read_task_frame(work_.task_h5(timeline_.tasks.at(task.from.task)),
+                                                task.from.frame));
+        frames.push_back(
+            store::read_task_frame(work_.task_h5(timeline_.tasks.at(task.to.task)), task.to.frame));
+      } catch (const std::exception& e) {
+        fail_attempt(task_id, rank, str("reading its boundary frames: ", e.what()));
+        return false;
+      }
+    }
+    running_[rank] = task_id;
+    write_file_atomically(work_.inflight(rank),
+                          str("rank=", rank, "\nhost=", hosts_[rank], "\npid=", pids_[rank],
+                              "\ntask=", task.name, "\nsince=", local_time(), "\n"));
+    Assignment a{kWork, task_id, int(frames.size()), 0};
+    MPI_Send(&a, sizeof a, MPI_BYTE, rank, kTagAssign, world_.dispatch);
+    for (const Frame& frame : frames) send_frame(frame, rank, kTagFrame, world_.dispatch);
+    return true;
+  }
+
+  void serve_idle() {
+    while (!idle_.empty()) {
+      if (mode_ != FarmOutcome::Completed) {
+        int code = mode_ == FarmOutcome::Stopped ? kStopNow : kGiveUp;
+        for (int rank : idle_) dismiss(rank, code);
+        idle_.clear();
+        return;
+      }
+      std::optional<int> task = scheduler_.next();
+      if (task) {
+        int rank = idle_.front();
+        idle_.pop_front();
+        if (!assign(rank, *task)) idle_.push_front(rank);
+        continue;
+      }
+      if (scheduler_.all_done()) {
+        for (int rank : idle_) dismiss(rank, kNoMoreWork);
+        idle_.clear();
+      } else if (scheduler_.running() == 0) {
+        throw Error("scheduler: tasks remain but none can start (a dependency cycle in the plan)");
+      }
+      return;
+    }
+  }
+
+  const MpiWorld& world_;
+  const plan::Timeline& timeline_;
+  const WorkDir& work_;
+  FarmOptions options_;
+  Scheduler scheduler_;
+  std::vector<bool> done_;
+  std::vector<int> attempts_;
+  std::vector<int> running_;  // per rank: the task it renders, or -1
+  std::vector<int> pids_;
+  std::vector<std::string> hosts_;
+  std::vector<bool> notice_sent_;
+  std::vector<bool> same_pid_space_;  // rank 0 can check whether its process still runs
+  std::string pid_space_;
+  std::vector<bool> dismissed_;
+  std::vector<MPI_Request> notices_;
+  std::deque<int> idle_;
+  int active_ = world_.size;
+  int to_render_ = 0;
+  int rendered_ = 0;
+  FarmOutcome mode_ = FarmOutcome::Completed;
+  FarmResult result_;
+  std::chrono::steady_clock::time_point start_;
+  // Observed seconds per rendered frame for each method, for the ETA.
+  std::map<std::string, std::pair<double, double>> rates_;
+  double seconds_per_cost_total_ = 0.0, cost_done_total_ = 0.0;
+};
+
+// A worker: asks for tasks and renders them until dismissed. Returns the dismissal code.
+int work(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& work_dir,
+         render::Backend& backend, const FarmOptions& options) {
+  const bool gathering = world.rank != 0 && world.rank < int(options.gathering.size()) &&
+                         options.gathering[world.rank];
+  const WorkDir target = gathering ? WorkDir{options.scratch_dir} : work_dir;
+  bool got_notice = false;
+  // Between frames: a stop notice from rank 0 counts as a stop signal.
+  auto poll_stop = [&] {
+    if (world.rank != 0 && !got_notice) {
+      int flag = 0;
+      MPI_Iprobe(0, kTagStop, world.dispatch, &flag, MPI_STATUS_IGNORE);
+      if (flag) {
+        int notice = 0;
+        MPI_Recv(&notice, 1, MPI_INT, 0, kTagStop, world.dispatch, MPI_STATUS_IGNORE);
+        got_notice = true;
+        request_stop();
+      }
+    }
+  };
   Request request{};
+  request.kind = kHello;
   request.task = -1;
   request.rank = world.rank;
+  request.pid = int(getpid());
   std::strncpy(request.host, world.host.c_str(), sizeof request.host - 1);
+  std::strncpy(request.pid_space, pid_space().c_str(), sizeof request.pid_space - 1);
+  std::vector<std::string> to_send;
   for (;;) {
+    poll_stop();
+    request.stopping = stop_requested() ? 1 : 0;
+    request.files = int(to_send.size());
     MPI_Send(&request, sizeof request, MPI_BYTE, 0, kTagRequest, world.dispatch);
-    int assignment = kNoMoreWork;
-    MPI_Request handle;
-    MPI_Irecv(&assignment, 1, MPI_INT, 0, kTagAssign, world.dispatch, &handle);
-    wait_politely(&handle, nullptr);
-    if (assignment == kNoMoreWork) return;
-    const plan::Task& task = timeline.tasks.at(assignment);
-    log_debug("rendering ", task.name, " (", task.method, ", ", task.render_frames, " frames)");
-    try {
-      request.seconds = render_task(timeline, task, work_dir, backend, world.rank, world.host);
-    } catch (const std::exception& e) {
-      throw Error(str("task ", task.name, " failed on rank ", world.rank, " (", world.host,
-                      "): ", e.what()));
+    for (const std::string& path : to_send) {
+      send_file(path, fs::path(path).filename().string(), 0, kTagFile, world.dispatch);
+      std::remove(path.c_str());
     }
-    request.task = assignment;
+    to_send.clear();
+    Assignment assignment{};
+    MPI_Request handle;
+    MPI_Irecv(&assignment, sizeof assignment, MPI_BYTE, 0, kTagAssign, world.dispatch, &handle);
+    wait_politely(&handle, nullptr);
+    if (assignment.code != kWork) {
+      if (assignment.notice && !got_notice) {
+        int notice = 0;
+        MPI_Recv(&notice, 1, MPI_INT, 0, kTagStop, world.dispatch, MPI_STATUS_IGNORE);
+      }
+      return assignment.code;
+    }
+    const plan::Task& task = timeline.tasks.at(assignment.task);
+    std::vector<Frame> frames;
+    for (int f = 0; f < assignment.frames; ++f)
+      frames.push_back(receive_frame(timeline.options.height, timeline.options.width, 0, kTagFrame,
+                                     world.dispatch));
+    request.task = assignment.task;
+    request.seconds = 0.0;
+    request.message[0] = '\0';
+    poll_stop();
+    if (stop_requested()) {  // asked to stop before this task started
+      request.kind = kAbandoned;
+      std::snprintf(request.message, sizeof request.message, "not started: %s",
+                    stop_reason().c_str());
+      continue;
+    }
+    log_debug("rendering ", task.name, " (", task.method, ", ", task.render_frames, " frames)");
+    TaskInputs inputs;
+    if (frames.size() == 2) {
+      inputs.from = &frames[0];
+      inputs.to = &frames[1];
+    }
+    inputs.between_steps = [&] {
+      poll_stop();
+      abandon_if_overdue(options.stop_timeout, task.name);
+    };
+    try {
+      request.seconds =
+          render_task(timeline, task, target, backend, world.rank, world.host, inputs);
+      request.kind = kDone;
+      if (gathering) to_send = {target.task_mp4(task), target.task_h5(task)};
+    } catch (const TaskAbandoned& e) {
+      request.kind = kAbandoned;
+      std::snprintf(request.message, sizeof request.message, "%s", e.what());
+      log_warn(e.what());
+    } catch (const std::exception& e) {
+      request.kind = kFailed;
+      std::snprintf(request.message, sizeof request.message, "%s", e.what());
+      log_error("task ", task.name, " failed on rank ", world.rank, " (", world.host,
+                "): ", e.what());
+    }
+    if (request.kind != kDone) {
+      std::error_code ignored;
+      fs::remove(target.task_h5(task) + ".tmp", ignored);
+      fs::remove(target.task_mp4(task) + ".partial", ignored);
+    }
   }
 }
 
 }  // namespace
 
-std::vector<TaskRecord> run_farm(const MpiWorld& world, const plan::Timeline& timeline,
-                                 const WorkDir& work_dir, render::Backend& backend,
-                                 const std::vector<bool>& already_done) {
-  std::vector<TaskRecord> records;
+FarmResult run_farm(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& work_dir,
+                    render::Backend& backend, const std::vector<bool>& already_done,
+                    const FarmOptions& options) {
+  FarmResult result;
   std::thread dispatcher;
   if (world.rank == 0) {
     dispatcher = std::thread([&] {
       try {
-        records = dispatch(world, timeline, already_done);
+        result = Dispatcher(world, timeline, work_dir, already_done, options).run();
       } catch (const std::exception& e) {
         log_error(e.what());
         abort_job(kExitFailure);
       }
     });
   }
+  int code = kNoMoreWork;
   try {
-    work(world, timeline, work_dir, backend);
+    code = work(world, timeline, work_dir, backend, options);
   } catch (const std::exception& e) {
     log_error(e.what());
     log_error("aborting the job; finished tasks stay in ", work_dir.root,
@@ -169,7 +514,21 @@ std::vector<TaskRecord> run_farm(const MpiWorld& world, const plan::Timeline& ti
     abort_job(kExitFailure);
   }
   if (dispatcher.joinable()) dispatcher.join();
-  return records;
+  if (world.rank != 0)
+    result.outcome = code == kStopNow  ? FarmOutcome::Stopped
+                     : code == kGiveUp ? FarmOutcome::Failed
+                                       : FarmOutcome::Completed;
+  return result;
+}
+
+std::vector<TaskRecord> run_farm(const MpiWorld& world, const plan::Timeline& timeline,
+                                 const WorkDir& work_dir, render::Backend& backend,
+                                 const std::vector<bool>& already_done) {
+  FarmResult result = run_farm(world, timeline, work_dir, backend, already_done, FarmOptions{});
+  if (result.outcome == FarmOutcome::Stopped) throw Error("the farm was stopped on request");
+  if (result.outcome == FarmOutcome::Failed)
+    throw Error(result.failure.empty() ? "a task failed" : result.failure);
+  return result.records;
 }
 
 }  // namespace beatfarm::farm

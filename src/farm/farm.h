@@ -1,6 +1,7 @@
 // Rendering a planned job over the MPI ranks, and assembling the result on rank 0.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,12 +27,52 @@ struct TaskRecord {
 bool task_file_matches(const WorkDir& work, const plan::Timeline& timeline, const plan::Task& task,
                        const std::string& backend, std::string* why);
 
+// What a task needs besides the plan.
+struct TaskInputs {
+  // A transition's boundary frames when they do not come from the work dir (rank 0 sent
+  // them: --gather mpi); null: read from work's task files.
+  const Frame* from = nullptr;
+  const Frame* to = nullptr;
+  // Called between frames / denoising steps; may throw (TaskAbandoned) to stop the task.
+  std::function<void()> between_steps;
+};
+
 // Renders one task into work/NAME.h5 (+ NAME.mp4 for a quick look). Returns seconds taken.
+// On an exception nothing of the task is left but possibly a complete quick look.
 double render_task(const plan::Timeline& timeline, const plan::Task& task, const WorkDir& work,
-                   render::Backend& backend, int rank, const std::string& host);
+                   render::Backend& backend, int rank, const std::string& host,
+                   const TaskInputs& inputs = {});
+
+struct FarmOptions {
+  int max_retries = 2;       // a failing task is tried 1 + max_retries times
+  double stop_timeout = 60;  // after a stop request, seconds before the task in flight is abandoned
+  // Per rank: it renders into its scratch dir and sends the files to rank 0 (rank 0: never).
+  std::vector<bool> gathering;
+  std::string scratch_dir;  // this rank's scratch dir when it gathers
+};
+
+enum class FarmOutcome {
+  Completed,  // every task is in the work dir
+  Stopped,    // a stop was requested: finished tasks are on disk, the rest is not (exit 75)
+  Failed,     // a task failed 1 + max_retries times (exit 1)
+};
+
+struct FarmResult {
+  FarmOutcome outcome = FarmOutcome::Completed;
+  std::vector<TaskRecord> records;     // rank 0: finished tasks (with the resumed ones)
+  std::vector<std::string> abandoned;  // rank 0: tasks given up on a stop
+  std::string failure;                 // rank 0: why the job failed, naming the task
+};
 
 // All ranks call this. Rank 0 hands tasks out (on a thread) and renders too; the others ask
-// for work until there is none. Returns the records (rank 0; empty elsewhere).
+// for work until there is none, a stop was requested, or a task failed for good. Rank 0
+// records which rank renders what in work.inflight(rank) while it runs.
+FarmResult run_farm(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& work,
+                    render::Backend& backend, const std::vector<bool>& already_done,
+                    const FarmOptions& options);
+
+// The same with default options; throws Error unless the job completed. Returns the records
+// (rank 0; empty elsewhere).
 std::vector<TaskRecord> run_farm(const MpiWorld& world, const plan::Timeline& timeline,
                                  const WorkDir& work, render::Backend& backend,
                                  const std::vector<bool>& already_done);

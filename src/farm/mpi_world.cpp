@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -72,7 +73,16 @@ void broadcast_string(std::string& text, int root, MPI_Comm comm) {
   }
 }
 
+namespace {
+std::atomic<void (*)()> g_abort_hook{nullptr};
+}  // namespace
+
+void set_abort_hook(void (*hook)()) {
+  g_abort_hook.store(hook);
+}
+
 void abort_job(int code) {
+  if (auto hook = g_abort_hook.exchange(nullptr)) hook();
   std::fflush(stdout);
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, code);

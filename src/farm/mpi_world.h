@@ -29,7 +29,9 @@ void barrier_politely(MPI_Comm comm);
 // Broadcasts a string of any length from root.
 void broadcast_string(std::string& text, int root, MPI_Comm comm);
 
-// Ends every rank of the job with this exit code.
+// Ends every rank of the job with this exit code. Runs the abort hook first (rank 0 releases
+// its work dir lock there).
 [[noreturn]] void abort_job(int code);
+void set_abort_hook(void (*hook)());
 
 }  // namespace beatfarm::farm

@@ -54,12 +54,15 @@ bool task_file_matches(const WorkDir& work, const plan::Timeline& timeline, cons
 }
 
 double render_task(const plan::Timeline& timeline, const plan::Task& task, const WorkDir& work,
-                   render::Backend& backend, int rank, const std::string& host) {
+                   render::Backend& backend, int rank, const std::string& host,
+                   const TaskInputs& inputs) {
   const auto start = std::chrono::steady_clock::now();
   const plan::PlanOptions& o = timeline.options;
   auto progress = [&](int done, int total, double seconds) {
     log_debug(task.name, " ", done, "/", total, " frames, ", seconds, " s");
+    if (inputs.between_steps) inputs.between_steps();
   };
+  if (inputs.between_steps) inputs.between_steps();
   FrameStack frames;
   if (task.kind == plan::TaskKind::Peak) {
     render::PeakRequest request;
@@ -85,10 +88,13 @@ double render_task(const plan::Timeline& timeline, const plan::Task& task, const
     request.negative_prompt = task.negative_prompt;
     request.seed = task.seed;
     request.pulses = task.pulses;
-    request.from =
-        store::read_task_frame(work.task_h5(timeline.tasks.at(task.from.task)), task.from.frame);
-    request.to =
-        store::read_task_frame(work.task_h5(timeline.tasks.at(task.to.task)), task.to.frame);
+    request.from = inputs.from
+                       ? *inputs.from
+                       : store::read_task_frame(work.task_h5(timeline.tasks.at(task.from.task)),
+                                                task.from.frame);
+    request.to = inputs.to ? *inputs.to
+                           : store::read_task_frame(work.task_h5(timeline.tasks.at(task.to.task)),
+                                                    task.to.frame);
     frames = backend.render_transition(request, progress);
   }
   if (frames.count != task.render_frames || frames.height != o.height || frames.width != o.width)

@@ -44,4 +44,11 @@ void Scheduler::mark_done(int task) {
   cost_done_ += tasks_[task].cost;
 }
 
+void Scheduler::mark_pending(int task) {
+  if (task < 0 || task >= total() || state_[task] != State::Running)
+    throw Error(str("scheduler: task ", task, " given back but was not running"));
+  state_[task] = State::Pending;
+  --running_count_;
+}
+
 }  // namespace beatfarm::farm

@@ -17,6 +17,8 @@ class Scheduler {
   // The next task to render, or nothing if none is ready now.
   std::optional<int> next();
   void mark_done(int task);
+  // A running task that failed or was abandoned becomes pending again.
+  void mark_pending(int task);
 
   int total() const { return int(state_.size()); }
   int done() const { return done_count_; }

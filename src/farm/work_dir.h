@@ -14,6 +14,8 @@ struct WorkDir {
   std::string report_json() const { return root + "/report.json"; }
   std::string logs() const { return root + "/logs"; }
   std::string rank_log(int rank) const { return logs() + "/rank_" + std::to_string(rank) + ".log"; }
+  // Which task a rank is rendering (written by rank 0 while the job runs).
+  std::string inflight(int rank) const { return logs() + "/inflight_rank_" + std::to_string(rank); }
   std::string segments() const { return root + "/segments_processed"; }
   std::string task_h5(const plan::Task& task) const { return root + "/" + task.name + ".h5"; }
   std::string task_mp4(const plan::Task& task) const { return root + "/" + task.name + ".mp4"; }
