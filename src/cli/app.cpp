@@ -1,22 +1,31 @@
 #include "cli/app.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 
+#include "analysis/analyze_command.h"
 #include "analysis/beat_grid.h"
 #include "audio/audio.h"
 #include "cli/options.h"
+#include "common/compute_threads.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "farm/farm.h"
+#include "farm/gather.h"
+#include "farm/lock.h"
 #include "farm/mpi_world.h"
+#include "farm/stop.h"
 #include "plan/plan_json.h"
+#include "models/model_source.h"
 #include "render/preview.h"
+#include "render/wan_backend.h"
 
 extern "C" {
 #include <libavutil/log.h>
@@ -42,7 +51,28 @@ struct Job {
   plan::Timeline timeline;
   std::vector<bool> already_done;
   double analysis_seconds = 0.0;
+  std::shared_ptr<farm::WorkDirLock> lock;  // rank 0: held while the job runs
 };
+
+// Rank 0, under the lock: what a killed job may have left that is not a finished task.
+void clear_leftovers(const farm::WorkDir& work) {
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(work.logs(), error))
+    if (entry.path().filename().string().rfind("inflight_rank_", 0) == 0)
+      fs::remove(entry.path(), error);
+  for (const auto& entry : fs::directory_iterator(work.root, error)) {
+    std::string name = entry.path().filename().string();
+    auto ends_with = [&](const std::string& tail) {
+      return name.size() > tail.size() &&
+             name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    if (entry.is_regular_file() &&
+        (ends_with(".h5.tmp") || ends_with(".mp4.partial") || ends_with(".gather.tmp"))) {
+      log_info("removing ", name, ", left by an interrupted job");
+      fs::remove(entry.path(), error);
+    }
+  }
+}
 
 json job_to_json(const Job& job) {
   std::vector<int> done(job.already_done.begin(), job.already_done.end());
@@ -63,6 +93,24 @@ Job job_from_json(const json& j) {
 
 std::unique_ptr<render::Backend> make_backend(const Options& options) {
   if (options.backend == "preview") return render::make_preview_backend();
+  if (options.backend == "wan") {
+    render::WanBackendOptions wan;
+    models::ModelSourceOptions source;
+    source.cache_dir = options.cache_dir;
+    source.hf_token = options.hf_token;
+    source.local_files_only = options.local_files_only;
+    wan.model = models::resolve_model(options.model, source);
+    wan.model_id = options.model;
+    wan.dtype = options.dtype;
+    wan.device = options.device;
+    wan.cpu_offload = options.cpu_offload;
+    wan.text_encoder_cpu = options.text_encoder_cpu;
+    wan.steps = options.steps;
+    wan.guidance_scale = options.guidance_scale;
+    wan.guidance_scale_2 = options.guidance_scale_2;
+    wan.flow_shift = options.flow_shift;
+    return render::make_wan_backend(wan);
+  }
   throw InputError(str("--backend ", options.backend, " is not available in this build"));
 }
 
@@ -127,7 +175,7 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
   validate_options(options);
   options.audio = fs::absolute(options.audio).string();
   options.output = fs::absolute(options.output).string();
-  make_backend(options);  // fails early for a backend this build lacks
+  if (options.backend != "wan") make_backend(options);  // the Wan models load on every rank later
 
   job.work.root = options.work_dir.empty() ? farm::default_work_dir_name() : options.work_dir;
   if (options.resume.empty() && fs::exists(job.work.plan_json()))
@@ -135,7 +183,9 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
                          "' already holds a job (plan.json); continue it with --resume ",
                          job.work.root, " or choose another --work-dir"));
   job.work.create();
+  job.lock = std::make_shared<farm::WorkDirLock>(job.work.root, options.break_lock);
   Logger::instance().open_file(job.work.rank_log(0));
+  clear_leftovers(job.work);
   log_info("beatfarm ", BEATFARM_VERSION, ": ",
            options.backend == "preview"
                ? "preview backend: a procedural animatic for checking the cut, not generated video"
@@ -156,6 +206,7 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
     job.analysis_seconds = seconds_since(start);
     Options stored = options;
     stored.work_dir = job.work.root;
+    stored.break_lock = false;  // a resumed job decides that anew
     json plan_file = {{"beatfarm_version", BEATFARM_VERSION},
                       {"options", all_values(stored)},
                       {"plan", plan::to_json(job.timeline)}};
@@ -191,10 +242,10 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
   return job;
 }
 
-void write_report(const Job& job, const std::vector<farm::TaskRecord>& records, int ranks,
+void write_report(const Job& job, const farm::FarmResult& farm_result, int ranks,
                   double render_seconds, double assemble_seconds, double total_seconds) {
   json tasks = json::array();
-  for (const farm::TaskRecord& r : records) {
+  for (const farm::TaskRecord& r : farm_result.records) {
     const plan::Task& task = job.timeline.tasks.at(r.task);
     tasks.push_back({{"name", task.name},
                      {"kind", plan::to_string(task.kind)},
@@ -205,7 +256,13 @@ void write_report(const Job& job, const std::vector<farm::TaskRecord>& records, 
                      {"seconds", r.seconds},
                      {"resumed", r.resumed}});
   }
+  const char* outcome = farm_result.outcome == farm::FarmOutcome::Completed ? "completed"
+                        : farm_result.outcome == farm::FarmOutcome::Stopped ? "stopped"
+                                                                            : "failed";
   json report = {{"output", job.options.output},
+                 {"outcome", outcome},
+                 {"abandoned", farm_result.abandoned},
+                 {"failure", farm_result.failure},
                  {"backend", job.options.backend},
                  {"ranks", ranks},
                  {"frames", job.timeline.total_frames},
@@ -251,23 +308,74 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
   farm::broadcast_string(payload, 0, MPI_COMM_WORLD);
 
   // Phase 2: every rank renders.
-  std::vector<farm::TaskRecord> records;
+  farm::FarmResult farm_result;
   double render_seconds = 0.0;
   try {
-    if (world.rank != 0) {
-      job = job_from_json(json::parse(payload));
+    if (world.rank != 0) job = job_from_json(json::parse(payload));
+    // Ranks that do not see rank 0's work dir render into node-local scratch and send
+    // their task files to rank 0 (--gather).
+    farm::FarmOptions farm_options;
+    farm_options.max_retries = job.options.max_retries;
+    farm_options.stop_timeout = job.options.stop_timeout;
+    farm_options.gathering = farm::decide_gathering(world, job.work, job.options.gather);
+    if (farm_options.gathering[world.rank]) {
+      std::string tag = str(std::hex, farm::fnv1a64(job.work.root.data(), job.work.root.size()));
+      farm_options.scratch_dir = farm::make_scratch_dir(job.options.scratch_dir, tag, world.rank);
+      logger.open_file(farm::WorkDir{farm_options.scratch_dir}.rank_log(world.rank));
+      log_warn("task files go to rank 0 over MPI (--gather ", job.options.gather,
+               "); this rank writes them and its log under ", world.host, ":",
+               farm_options.scratch_dir);
+    } else if (world.rank != 0) {
       logger.open_file(job.work.rank_log(world.rank));
     }
+    if (world.rank == 0) {
+      std::string gathering;
+      for (int r = 0; r < world.size; ++r)
+        if (farm_options.gathering[r]) gathering += str(gathering.empty() ? "" : ", ", r);
+      if (!gathering.empty())
+        log_info("gather: rank(s) ", gathering, " send their task files over MPI (--gather ",
+                 job.options.gather, ")");
+    }
     if (job.options.verbose) logger.set_level(LogLevel::Debug);
+    const int threads = compute_threads_for(job.options.threads, world.local_size);
+    set_compute_threads(threads);
     log_info("rank ", world.rank, "/", world.size, " on ", world.host, " (node rank ",
-             world.local_rank, "/", world.local_size, ")");
+             world.local_rank, "/", world.local_size, ", pid ", getpid(), ", ", threads,
+             " compute threads)");
     auto backend = make_backend(job.options);
     const auto render_start = Clock::now();
-    records = farm::run_farm(world, job.timeline, job.work, *backend, job.already_done);
+    farm_result =
+        farm::run_farm(world, job.timeline, job.work, *backend, job.already_done, farm_options);
     render_seconds = seconds_since(render_start);
   } catch (const std::exception& e) {
     log_error(e.what());
     farm::abort_job(kExitFailure);
+  }
+
+  // A stop request or a task that kept failing: the finished tasks stay, nothing is assembled.
+  if (farm_result.outcome != farm::FarmOutcome::Completed) {
+    const bool stopped = farm_result.outcome == farm::FarmOutcome::Stopped;
+    if (world.rank == 0) {
+      int complete = 0;
+      for (const farm::TaskRecord& r : farm_result.records) complete += r.task >= 0;
+      try {
+        write_report(job, farm_result, world.size, render_seconds, 0.0, seconds_since(job_start));
+      } catch (const std::exception& e) {
+        log_error(e.what());
+      }
+      if (stopped)
+        log_warn("stopped (", farm::stop_reason(), "): ", complete, " of ",
+                 job.timeline.tasks.size(), " tasks are complete in ", job.work.root,
+                 "; continue with --resume ", job.work.root, " (exit code ", farm::kExitStopped,
+                 ")");
+      else
+        log_error("job failed: ", farm_result.failure, "; ", complete, " of ",
+                  job.timeline.tasks.size(), " tasks are complete in ", job.work.root,
+                  "; fix the cause and continue with --resume ", job.work.root);
+      if (job.lock) job.lock->release();
+    }
+    farm::barrier_politely(MPI_COMM_WORLD);
+    return stopped ? farm::kExitStopped : kExitFailure;
   }
 
   // Phase 3: rank 0 assembles; the others wait without burning its cores.
@@ -284,7 +392,7 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
       farm::assemble(job.timeline, job.work, audio, assemble);
       double assemble_seconds = seconds_since(assemble_start);
       double total = seconds_since(job_start);
-      write_report(job, records, world.size, render_seconds, assemble_seconds, total);
+      write_report(job, farm_result, world.size, render_seconds, assemble_seconds, total);
       log_info("wrote ", o.output, " (", job.timeline.total_frames, " frames, ",
                double(job.timeline.total_frames) / job.timeline.options.fps, " s) in ", total,
                " s with ", world.size, " ranks; work dir ", job.work.root);
@@ -305,9 +413,12 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
 }  // namespace
 
 int main_entry(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "analyze")
+    return analysis::run_analyze_command(argc - 1, argv + 1);
   // libx264 and the AAC encoder print statistics at info level for every file.
   av_log_set_level(AV_LOG_ERROR);
   farm::MpiWorld world = farm::init_mpi(&argc, &argv);
+  farm::install_stop_handlers();
   int code = run(world, argc, argv);
   Logger::instance().close_file();
   farm::finalize_mpi(world);

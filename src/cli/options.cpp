@@ -14,6 +14,7 @@
 #include "audio/audio.h"
 #include "beatfarm/embedded_styles.h"
 #include "common/error.h"
+#include "models/model_source.h"
 
 namespace beatfarm::cli {
 namespace po = boost::program_options;
@@ -172,6 +173,22 @@ const std::vector<OptionSpec>& option_table() {
        BF_BOOL("local-files-only", local_files_only)},
       {"threads", "Performance", "compute threads per rank (0: the node's cores / its ranks)",
        false, BF_INT("threads", threads)},
+      {"dtype", "Performance", "weights and activations of the Wan models: bf16|fp32", false,
+       BF_ENUM("dtype", dtype, "bf16", "fp32")},
+      {"device", "Performance", "where the Wan models compute: auto (a GPU when there is one)|cpu|cuda",
+       false, BF_ENUM("device", device, "auto", "cpu", "cuda")},
+      {"text-encoder-cpu", "Performance", "run the UMT5 text encoder on the CPU in float32", true,
+       BF_BOOL("text-encoder-cpu", text_encoder_cpu)},
+      {"steps", "Video generation", "denoising steps (0: the model's default: 40 for Wan2.2 A14B, 50 otherwise)",
+       false, BF_INT("steps", steps)},
+      {"guidance-scale", "Video generation",
+       "classifier-free guidance (-1: the model's default: 4.0 for Wan2.2 A14B, 5.0 otherwise)", false,
+       BF_DOUBLE("guidance-scale", guidance_scale)},
+      {"guidance-scale-2", "Video generation",
+       "guidance of Wan2.2's low-noise expert (-1: the model's default, 3.0)", false,
+       BF_DOUBLE("guidance-scale-2", guidance_scale_2)},
+      {"flow-shift", "Video generation", "flow-matching shift (0: the scheduler config's)", false,
+       BF_DOUBLE("flow-shift", flow_shift)},
 
       {"work-dir", "Job", "work directory (default: work_YYYYMMDD_HHMMSS in the current directory)",
        false, BF_STRING(work_dir)},
@@ -188,6 +205,20 @@ const std::vector<OptionSpec>& option_table() {
        },
        [](const Options& o) { return o.preset; }},
       {"verbose", "Job", "log more detail", true, BF_BOOL("verbose", verbose)},
+      {"stop-timeout", "Farm",
+       "seconds a rank may spend finishing its task after SIGTERM/SIGUSR1 before abandoning it",
+       false, BF_DOUBLE("stop-timeout", stop_timeout)},
+      {"max-retries", "Farm", "tries of a failing task after the first before the job fails", false,
+       BF_INT("max-retries", max_retries)},
+      {"gather", "Farm",
+       "how task files reach rank 0: shared (one filesystem), mpi (sent over MPI from "
+       "--scratch-dir), auto (mpi for ranks that do not see the work dir)",
+       false, BF_ENUM("gather", gather, "auto", "shared", "mpi")},
+      {"scratch-dir", "Farm",
+       "node-local dir where ranks that gather write task files (default: $TMPDIR, else /tmp)",
+       false, BF_STRING(scratch_dir)},
+      {"break-lock", "Farm", "take over the work dir's lock even if its owner may still run", true,
+       BF_BOOL("break-lock", break_lock)},
   };
   return table;
 }
@@ -399,6 +430,10 @@ void validate_options(Options& o) {
     throw InputError(str("--peak-thresh ", o.peak_thresh, " must be within 0..1"));
   if (o.crf < 0 || o.crf > 51) throw InputError(str("--crf ", o.crf, " must be within 0..51"));
   if (o.threads < 0) throw InputError(str("--threads ", o.threads, " must not be negative"));
+  if (!(o.stop_timeout >= 0))
+    throw InputError(str("--stop-timeout ", o.stop_timeout, " must not be negative"));
+  if (o.max_retries < 0)
+    throw InputError(str("--max-retries ", o.max_retries, " must not be negative"));
   if (o.audio_start < 0)
     throw InputError(str("--audio-start ", o.audio_start, " must not be negative"));
   if (o.audio_end >= 0 && o.audio_end <= o.audio_start)
@@ -423,10 +458,15 @@ void validate_options(Options& o) {
     throw InputError(
         str("--output '", o.output, "': folder '", folder.string(), "' is not writable"));
 
-  if (o.backend == "wan")
-    throw InputError(
-        "--backend wan: this build has no Wan runtime yet (it comes with the libtorch Wan "
-        "pipelines); render an animatic with --backend preview");
+  if (o.steps < 0) throw InputError(str("--steps ", o.steps, " must not be negative"));
+  if (o.flow_shift < 0) throw InputError(str("--flow-shift ", o.flow_shift, " must not be negative"));
+  if (o.backend == "wan") {
+    models::ModelSourceOptions source;
+    source.cache_dir = o.cache_dir;
+    source.hf_token = o.hf_token;
+    source.local_files_only = o.local_files_only;
+    models::resolve_model(o.model, source);  // InputError with the download hint when missing
+  }
 
   audio::AudioInfo info = audio::probe(o.audio);  // throws InputError naming the file
   if (o.audio_start >= info.duration_seconds)
@@ -489,7 +529,12 @@ std::map<std::string, std::string> job_defining_values(const Options& o) {
                                 "peak-prompt",
                                 "transition-prompt",
                                 "negative-prompt",
-                                "seed"};
+                                "seed",
+                                "steps",
+                                "guidance-scale",
+                                "guidance-scale-2",
+                                "flow-shift",
+                                "dtype"};
   std::map<std::string, std::string> values;
   for (const char* name : names) values[name] = find_spec(name)->get(o);
   return values;

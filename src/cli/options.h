@@ -57,7 +57,21 @@ struct Options {
   int crf = 18;
   std::string preset = "medium";
   int threads = 0;  // compute threads per rank; 0: cores / ranks on this node
+  // Wan runtime
+  std::string dtype = "bf16";   // bf16 | fp32
+  std::string device = "auto";  // auto | cpu | cuda
+  bool text_encoder_cpu = false;
+  int steps = 0;                 // 0: the model's default
+  double guidance_scale = -1;    // < 0: the model's default
+  double guidance_scale_2 = -1;  // < 0: the model's default (Wan2.2 A14B: 3.0)
+  double flow_shift = 0;         // 0: the scheduler config's
   bool verbose = false;
+  // Farm resilience
+  double stop_timeout = 60.0;   // seconds a rank may finish its task after a stop signal
+  int max_retries = 2;          // extra tries of a failing task before the job fails
+  std::string gather = "auto";  // auto | shared | mpi: how task files reach rank 0
+  std::string scratch_dir;      // node-local dir for --gather mpi ("" : $TMPDIR or /tmp)
+  bool break_lock = false;      // take over the work dir lock of another job
 
   // Filled by parsing
   bool help = false;

@@ -98,9 +98,9 @@ at::Tensor relative_position_bucket(const at::Tensor& relative_position, bool bi
 
 Umt5Encoder Umt5Encoder::load(const std::string& folder, const LoadOptions& options) {
   namespace fs = std::filesystem;
+  const Umt5Config config = Umt5Config::from_json((fs::path(folder) / "config.json").string());
   const WeightFiles weights = WeightFiles::open(folder);
-  return build(Umt5Config::from_json((fs::path(folder) / "config.json").string()), options,
-               &weights, nullptr, folder);
+  return build(config, options, &weights, nullptr, folder);
 }
 
 std::vector<ParamSpec> Umt5Encoder::parameter_specs(const Umt5Config& config) {

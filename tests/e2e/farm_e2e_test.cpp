@@ -104,8 +104,9 @@ TEST(FarmE2E, BundledExampleOnTwoRanksCutsOnThePlannedBeats) {
 
   // Cuts: every planned peak starts at round((beat - audio_start) * fps), and the decoded
   // video shows its beat hit exactly there: the preview flashes on a clip's first frame and
-  // decays, so a hit is a frame at least as bright as the one before and followed by a
-  // sharp drop. The frames found that way must be exactly the planned peak starts.
+  // the flash decays fastest right after it, so a hit is a frame followed by a sharp drop in
+  // luminance that is larger than any drop into it. The frames found that way must be exactly
+  // the planned peak starts.
   FrameStack frames = video::read_video_frames(dir.file("out.mp4"));
   ASSERT_EQ(frames.count, total);
   std::vector<double> luma = mean_luma(frames);
@@ -118,8 +119,11 @@ TEST(FarmE2E, BundledExampleOnTwoRanksCutsOnThePlannedBeats) {
     planned.insert(start);
   }
   constexpr double kHitDrop = 16.0;  // luma units; in-clip beat pulses drop less than 12
-  for (int f = 0; f + 1 < total; ++f)
-    if ((f == 0 || luma[f] >= luma[f - 1]) && luma[f] - luma[f + 1] >= kHitDrop) found.insert(f);
+  for (int f = 0; f + 1 < total; ++f) {
+    double drop_out = luma[f] - luma[f + 1];
+    double drop_in = f == 0 ? 0.0 : luma[f - 1] - luma[f];
+    if (drop_out >= kHitDrop && drop_out > drop_in) found.insert(f);
+  }
   EXPECT_GE(planned.size(), 5u);
   EXPECT_EQ(found, planned);
 }
