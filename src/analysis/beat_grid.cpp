@@ -33,11 +33,16 @@ constexpr int kTrimRun = 4;
 constexpr double kSilentLevelDb = -50.0;
 // Accent strength looks for the onset peak within this distance of the beat.
 constexpr double kPeakWindowSeconds = 0.05;
-// Strengths are scaled so that this quantile of the track's beats maps to 1.
+// The accent used for meter and downbeats scales the onsets so that this quantile of the
+// track's beats maps to 1, then squares (the flux is already log-compressed).
 constexpr double kStrengthQuantile = 0.9;
-// The flux is already log-compressed; squaring restores contrast so that ordinary beats
-// sit below 0.5 and only accents (the loudest ~30% on typical tracks) above it.
 constexpr double kStrengthExponent = 2.0;
+// Reported beat strengths compare each beat's onset with the track's typical (median)
+// beat: a typical beat maps to kTypicalStrength, a beat kAccentRatio times as strong to
+// 0.5. The log-mel flux compresses level differences (the 8 dB + thump downbeats of a
+// click track are only ~1.3x the plain clicks), so accents start a little above typical.
+constexpr double kTypicalStrength = 0.3;
+constexpr double kAccentRatio = 1.12;
 // Weight of the full-band accent next to the low-band (kick/bass) onset for downbeats.
 constexpr double kDownbeatStrengthWeight = 0.5;
 // 3/4 must beat 4/4 by this factor and margin: 4/4 is far more common, so ties go to 4.
@@ -215,6 +220,21 @@ std::vector<double> robust_unit_scale(std::vector<double> values) {
   return values;
 }
 
+// Strength of each beat on a scale shared by all tracks: with r = value / median value,
+// 1 / (1 + (kAccentRatio / r)^p), where p puts r = 1 at kTypicalStrength. Increasing in r,
+// 0.5 at r = kAccentRatio, towards 1 for the strongest accents (r = 1.3: 0.75, r = 1.5:
+// 0.9). Independent of the overall gain (the ratio is), and a track without accents has
+// all its beats near kTypicalStrength. All zero when the median beat has no onset.
+std::vector<double> typical_beat_scale(std::vector<double> values) {
+  double typical = quantile(values, 0.5);
+  const double p = std::log((1.0 - kTypicalStrength) / kTypicalStrength) / std::log(kAccentRatio);
+  for (double& v : values) {
+    double ratio = typical > 0.0 ? v / typical : 0.0;
+    v = ratio > 0.0 ? 1.0 / (1.0 + std::pow(kAccentRatio / ratio, p)) : 0.0;
+  }
+  return values;
+}
+
 // The meter (3 or 4) whose best bar phase has the highest mean accent on bar starts
 // relative to the other beats.
 int choose_meter(const std::vector<double>& accent) {
@@ -311,9 +331,11 @@ BeatGrid analyze(const audio::Pcm& pcm, const AnalysisOptions& options) {
                                0.5);
   std::vector<double> raw_strength = peak_near_beats(features.flux, beats, radius);
   for (double& v : raw_strength) v = std::max(0.0, v - flux_floor);
+  // The accent for meter and downbeats keeps its own (quantile) scaling; the reported
+  // strengths are measured against the track's typical beat.
   std::vector<double> strengths = robust_unit_scale(raw_strength);
   for (double& v : strengths) v = std::pow(v, kStrengthExponent);
-
+  std::vector<double> beat_strengths = typical_beat_scale(raw_strength);
   std::vector<double> low = robust_unit_scale(peak_near_beats(features.low_flux, beats, radius));
   std::vector<double> accent(beats.size());
   for (size_t i = 0; i < beats.size(); ++i)
@@ -327,7 +349,7 @@ BeatGrid analyze(const audio::Pcm& pcm, const AnalysisOptions& options) {
     int position = positions[i];
     grid.beats.push_back(time);
     grid.positions.push_back(position);
-    grid.strengths.push_back(strengths[i]);
+    grid.strengths.push_back(beat_strengths[i]);
     if (position == 1) grid.downbeats.push_back(time);
   }
   std::vector<double> intervals;

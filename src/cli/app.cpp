@@ -22,8 +22,8 @@
 #include "farm/lock.h"
 #include "farm/mpi_world.h"
 #include "farm/stop.h"
-#include "plan/plan_json.h"
 #include "models/model_source.h"
+#include "plan/plan_json.h"
 #include "render/preview.h"
 #include "render/wan_backend.h"
 
@@ -203,6 +203,10 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
     log_info("analysis: ", grid.beats.size(), " beats, ", grid.downbeats.size(), " downbeats, ",
              grid.tempo_bpm, " BPM, ", grid.meter, "/4, ", seconds_since(start), " s");
     job.timeline = plan::make_timeline(grid, plan_options(options));
+    if (job.timeline.used_fallback)
+      log_warn("no beat reaches --peak-thresh ", options.peak_thresh,
+               " (the song has no clear accents): peak clips go on the strongest downbeats (",
+               job.timeline.slots.size(), " slots)");
     job.analysis_seconds = seconds_since(start);
     Options stored = options;
     stored.work_dir = job.work.root;

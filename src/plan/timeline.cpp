@@ -34,8 +34,11 @@ std::string numbered(const char* stem, int index) {
   return buffer;
 }
 
-// Strong beats, spaced so that every clip ends before the next starts.
-std::vector<Slot> choose_slots(const analysis::BeatGrid& grid, const PlanOptions& options) {
+// Strong beats, spaced so that every clip ends before the next starts. With `fallback`
+// the strength threshold is ignored: the downbeats (all beats when no downbeat has room)
+// compete, strongest first.
+std::vector<Slot> choose_slots(const analysis::BeatGrid& grid, const PlanOptions& options,
+                               bool fallback) {
   struct Candidate {
     double beat, strength, score;
     bool downbeat;
@@ -45,11 +48,16 @@ std::vector<Slot> choose_slots(const analysis::BeatGrid& grid, const PlanOptions
     double beat = grid.beats[i];
     double strength = i < grid.strengths.size() ? grid.strengths[i] : 0.0;
     bool downbeat = i < grid.positions.size() && grid.positions[i] == 1;
-    if (strength + kTimeEpsilon < options.peak_thresh) continue;
+    if (!fallback && strength + kTimeEpsilon < options.peak_thresh) continue;
     if (beat < options.audio_start - kTimeEpsilon) continue;
     if (beat + options.peak_len > options.audio_end + kTimeEpsilon) continue;
     candidates.push_back({beat, strength, strength + (downbeat ? kDownbeatBonus : 0.0), downbeat});
   }
+  if (fallback && std::any_of(candidates.begin(), candidates.end(),
+                              [](const Candidate& c) { return c.downbeat; }))
+    candidates.erase(std::remove_if(candidates.begin(), candidates.end(),
+                                    [](const Candidate& c) { return !c.downbeat; }),
+                     candidates.end());
   // Best first; ties go to the earlier beat so the choice is deterministic.
   std::stable_sort(candidates.begin(), candidates.end(),
                    [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
@@ -172,7 +180,13 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
   timeline.options = options;
   timeline.grid = grid;
   timeline.total_frames = frame_of(options.audio_end, options.audio_start, options.fps);
-  timeline.slots = choose_slots(grid, options);
+  timeline.slots = choose_slots(grid, options, false);
+  if (timeline.slots.empty() && !grid.beats.empty()) {
+    // No beat is accented enough (a track without accents): the strongest downbeats carry
+    // the peak clips instead.
+    timeline.slots = choose_slots(grid, options, true);
+    timeline.used_fallback = !timeline.slots.empty();
+  }
   if (timeline.slots.empty()) {
     double strongest = 0.0;
     for (size_t i = 0; i < grid.beats.size() && i < grid.strengths.size(); ++i)
@@ -182,10 +196,11 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
       throw InputError(str("no beats were found between --audio-start ", options.audio_start,
                            " and --audio-end ", options.audio_end,
                            " s: nothing to place peak clips on"));
-    throw InputError(str("no beat reaches --peak-thresh ", options.peak_thresh,
-                         " with room for a --peak-len ", options.peak_len,
-                         " s clip (strongest beat: ", strongest,
-                         "); lower --peak-thresh or --peak-len"));
+    // Even the fallback found nothing: no beat in range leaves room for a clip.
+    throw InputError(str("no beat between --audio-start ", options.audio_start, " and --audio-end ",
+                         options.audio_end, " has room for a --peak-len ", options.peak_len,
+                         " s clip (--peak-thresh ", options.peak_thresh,
+                         ", strongest beat: ", strongest, "); shorten --peak-len"));
   }
   std::vector<Slot>& slots = timeline.slots;
 

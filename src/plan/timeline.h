@@ -106,6 +106,9 @@ struct Timeline {
   std::vector<PoolClip> pool;
   std::vector<Task> tasks;
   std::vector<Segment> segments;  // in output order, covering [0, total_frames) exactly
+  // No beat reached --peak-thresh, so the slots are the strongest downbeats instead (the
+  // caller may say so). Not stored in plan.json.
+  bool used_fallback = false;
 };
 
 // Frame of time t (song clock): round((t - audio_start) * fps), from the absolute time.
@@ -117,8 +120,10 @@ uint64_t task_seed(uint64_t job_seed, const std::string& task_name);
 // The smallest 4k+1 >= n.
 int next_4k_plus_1(int n);
 
-// Builds the whole plan. Throws InputError when the song gives no peak slot (naming the
-// strongest beat and --peak-thresh).
+// Builds the whole plan. Peak slots go on beats reaching --peak-thresh; when beats exist
+// but none reaches it, on the strongest downbeats (all beats if no downbeat has room) and
+// used_fallback is set. Throws InputError when there are no beats or no beat in range has
+// room for a peak clip (naming the strongest beat and --peak-thresh).
 Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& options);
 
 // Checks the invariants (segments tile the output, deps point backwards, refs in range);

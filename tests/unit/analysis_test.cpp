@@ -101,7 +101,9 @@ TEST_P(ClickTrackTest, FindsTempoBeatsMeterAndDownbeats) {
       strongest_other = std::max(strongest_other, grid.strengths[i]);
   }
   EXPECT_GT(weakest_downbeat, strongest_other);
+  // On the shared scale the accented downbeats clear 0.5 and the plain beats do not.
   EXPECT_GT(weakest_downbeat, 0.5);
+  EXPECT_LT(strongest_other, 0.5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tempi, ClickTrackTest,
@@ -348,6 +350,7 @@ TEST(AnalysisTest, AccentsAreOnTheSameScaleAcrossTracks) {
           strongest_other = std::max(strongest_other, grid.strengths[i]);
       }
       EXPECT_GT(weakest_downbeat, 0.5) << bpm;
+      EXPECT_LT(strongest_other, 0.5) << bpm;
       EXPECT_GT(weakest_downbeat, strongest_other) << bpm;
       if (reference.empty()) {
         reference = grid.strengths;
@@ -356,6 +359,40 @@ TEST(AnalysisTest, AccentsAreOnTheSameScaleAcrossTracks) {
         for (size_t i = 0; i < reference.size(); ++i)
           EXPECT_NEAR(grid.strengths[i], reference[i], 0.02) << bpm << " beat " << i;
       }
+    }
+  }
+}
+
+// A click on every beat, all at the same gain: no accents anywhere.
+std::vector<float> uniform_click_track(double seconds, double bpm) {
+  std::vector<float> samples(static_cast<size_t>(seconds * kRate), 0.0f);
+  std::mt19937 rng(99);
+  std::uniform_real_distribution<float> noise(-1.0f, 1.0f);
+  for (double t = kFirstBeat; t < seconds; t += 60.0 / bpm) {
+    size_t start = static_cast<size_t>(t * kRate);
+    for (size_t i = 0; i < static_cast<size_t>(0.06 * kRate) && start + i < samples.size(); ++i)
+      samples[start + i] += 0.5f * std::exp(-float(i) / (0.012f * kRate)) * 0.6f * noise(rng);
+  }
+  return samples;
+}
+
+TEST(AnalysisTest, UnaccentedBeatsStayBelowTheAccentLevel) {
+  // Without accents every beat is a typical beat: all of them sit in a band below 0.5,
+  // whatever the tempo and level.
+  for (double bpm : {90.0, 120.0, 150.0}) {
+    for (float gain : {1.0f, 0.05f}) {
+      std::vector<float> samples = uniform_click_track(20.0, bpm);
+      for (float& v : samples) v *= gain;
+      BeatGrid grid = analyze(make_pcm(samples));
+      expect_consistent(grid);
+      ASSERT_GE(grid.beats.size(), size_t(20)) << bpm;
+      double sum = 0.0;
+      for (size_t i = 0; i < grid.strengths.size(); ++i) {
+        EXPECT_LT(grid.strengths[i], 0.5) << bpm << " beat " << i;
+        EXPECT_GT(grid.strengths[i], 0.1) << bpm << " beat " << i;
+        sum += grid.strengths[i];
+      }
+      EXPECT_NEAR(sum / double(grid.strengths.size()), 0.3, 0.05) << bpm;
     }
   }
 }

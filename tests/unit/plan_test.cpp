@@ -268,9 +268,34 @@ TEST(Plan, WanFrameCountsAre4kPlus1ForGeneratedTasks) {
   }
 }
 
+TEST(Plan, UnaccentedSongFallsBackToTheDownbeats) {
+  // No beat reaches --peak-thresh 0.5: the downbeats carry the peak clips instead.
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 30.0, 4, 0.4, 0.2);
+  Timeline t = make_timeline(grid, options_for(0.0, 30.0));
+  EXPECT_TRUE(t.used_fallback);
+  EXPECT_EQ(t.slots.size(), 15u);  // as many as with accented downbeats
+  for (const Slot& slot : t.slots) {
+    EXPECT_TRUE(slot.downbeat);
+    EXPECT_DOUBLE_EQ(slot.strength, 0.4);
+  }
+  validate_timeline(t);
+  // A song with accents does not need it.
+  EXPECT_FALSE(make_timeline(regular_grid(0.25, 0.5, 30.0), options_for(0.0, 30.0)).used_fallback);
+  // Without downbeats with room, the strongest beats are used.
+  analysis::BeatGrid flat = regular_grid(0.25, 0.5, 30.0, 4, 0.4, 0.2);
+  for (int& p : flat.positions) p = p == 1 ? 2 : p;
+  flat.downbeats.clear();
+  Timeline u = make_timeline(flat, options_for(0.0, 30.0));
+  EXPECT_TRUE(u.used_fallback);
+  EXPECT_FALSE(u.slots.empty());
+  for (const Slot& slot : u.slots) EXPECT_DOUBLE_EQ(slot.strength, 0.4);
+}
+
 TEST(Plan, NoUsableBeatIsAClearError) {
+  // Beats exist, but none leaves room for a clip this long.
   analysis::BeatGrid grid = regular_grid(0.25, 0.5, 30.0, 4, 0.4, 0.2);
   PlanOptions o = options_for(0.0, 30.0);
+  o.peak_len = 29.9;
   try {
     make_timeline(grid, o);
     FAIL() << "expected InputError";
