@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 ffmpeg -hide_banner -loglevel error -stream_loop 2 -i "$root/tests/data/example_house_126.ogg" \
   -t 60 -c:a flac "$tmp/song60.flac"
 mpirun_cmd=(mpirun --allow-run-as-root --oversubscribe)
-# The preview job as the README runs it (--config preview: libx264 veryfast), and with the
+# The preview job as the README runs it (--config preview: libx264 superfast), and with the
 # final encode at the default preset (medium), which is what a Wan job uses.
 printf "%-16s %-6s %10s %14s %s\n" encode ranks wall_s peak_rss_mb "per-rank peak RSS (MB)"
 for variant in "preview:--config preview" "medium:--backend preview"; do
