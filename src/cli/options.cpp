@@ -494,6 +494,7 @@ plan::PlanOptions plan_options(const Options& o) {
   p.height = o.height;
   p.mode = o.mode;
   p.num_peak_clips = o.num_peak_clips;
+  p.batch_size = o.batch_size;
   p.peak_len = o.peak_len;
   p.peak_thresh = o.peak_thresh;
   p.interpolation_mode = o.interpolation_mode;
@@ -520,6 +521,7 @@ std::map<std::string, std::string> job_defining_values(const Options& o) {
                                 "model",
                                 "flf2v-model",
                                 "num-peak-clips",
+                                "batch-size",
                                 "peak-len",
                                 "peak-thresh",
                                 "interpolation-mode",

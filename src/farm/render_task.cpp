@@ -77,7 +77,12 @@ double render_task(const plan::Timeline& timeline, const plan::Task& task, const
     request.seed = task.seed;
     request.pulses = task.pulses;
     request.energy = mean_strength(timeline.grid);
-    frames = backend.render_peak(request, progress);
+    if (!task.clip_seeds.empty()) {
+      request.clip_seeds = task.clip_seeds;
+      request.clip_pulses = task.clip_pulses;
+      request.frames = task.render_frames / int(task.clip_seeds.size());
+    }
+    frames = backend.render_peaks(request, progress);
   } else {
     render::TransitionRequest request;
     request.name = task.name;

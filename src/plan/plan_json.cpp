@@ -24,6 +24,12 @@ std::vector<render::Pulse> pulses_from(const json& array) {
   return pulses;
 }
 
+json clip_pulses_json(const std::vector<std::vector<render::Pulse>>& clips) {
+  json out = json::array();
+  for (const auto& pulses : clips) out.push_back(pulses_json(pulses));
+  return out;
+}
+
 }  // namespace
 
 json to_json(const Timeline& t) {
@@ -35,6 +41,7 @@ json to_json(const Timeline& t) {
                   {"height", o.height},
                   {"mode", o.mode},
                   {"num_peak_clips", o.num_peak_clips},
+                  {"batch_size", o.batch_size},
                   {"peak_len", o.peak_len},
                   {"peak_thresh", o.peak_thresh},
                   {"interpolation_mode", o.interpolation_mode},
@@ -74,6 +81,8 @@ json to_json(const Timeline& t) {
                      {"prompt", k.prompt},
                      {"negative_prompt", k.negative_prompt},
                      {"seed", k.seed},
+                     {"clip_seeds", k.clip_seeds},
+                     {"clip_pulses", clip_pulses_json(k.clip_pulses)},
                      {"from", {k.from.task, k.from.frame}},
                      {"to", {k.to.task, k.to.frame}},
                      {"deps", k.deps},
@@ -105,6 +114,7 @@ Timeline timeline_from_json(const json& j) {
     p.height = o.at("height");
     p.mode = o.at("mode");
     p.num_peak_clips = o.at("num_peak_clips");
+    p.batch_size = o.value("batch_size", 1);
     p.peak_len = o.at("peak_len");
     p.peak_thresh = o.at("peak_thresh");
     p.interpolation_mode = o.at("interpolation_mode");
@@ -143,6 +153,11 @@ Timeline timeline_from_json(const json& j) {
       task.prompt = k.at("prompt");
       task.negative_prompt = k.at("negative_prompt");
       task.seed = k.at("seed");
+      if (k.contains("clip_seeds"))
+        task.clip_seeds = k.at("clip_seeds").get<std::vector<uint64_t>>();
+      if (k.contains("clip_pulses"))
+        for (const json& pulses : k.at("clip_pulses"))
+          task.clip_pulses.push_back(pulses_from(pulses));
       task.from = {k.at("from").at(0), k.at("from").at(1)};
       task.to = {k.at("to").at(0), k.at("to").at(1)};
       task.deps = k.at("deps").get<std::vector<int>>();

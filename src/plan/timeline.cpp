@@ -249,6 +249,39 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
     task.cost = task.render_frames * pixels * method_cost("t2v");
     tasks.push_back(task);
     for (int c = 0; c < pool_size; ++c) timeline.pool.push_back({0, c * clip_frames, clip_frames});
+  } else if (options.batch_size > 1) {
+    // Clips batched per task; each clip keeps the seed it would have on its own.
+    const int per_clip = render_count(clip_frames, "t2v");
+    for (int first_clip = 0; first_clip < pool_size; first_clip += options.batch_size) {
+      const int clips = std::min(options.batch_size, pool_size - first_clip);
+      const Slot& first = first_slot_of(first_clip);
+      Task task;
+      task.id = int(tasks.size());
+      task.name = numbered("peak", task.id);
+      task.kind = TaskKind::Peak;
+      task.index = task.id;
+      task.frames = clips * per_clip;
+      task.render_frames = clips * per_clip;
+      task.t_start = first.beat;
+      task.t_end = first.beat + options.peak_len;
+      task.method = "t2v";
+      task.prompt = options.peak_prompt;
+      task.negative_prompt = options.negative_prompt;
+      for (int c = 0; c < clips; ++c) {
+        task.clip_seeds.push_back(task_seed(options.seed, numbered("peak", first_clip + c)));
+        const Slot& shown = first_slot_of(first_clip + c);
+        std::vector<render::Pulse> pulses;
+        for (const render::Pulse& p :
+             pulses_in(grid, shown.beat, shown.beat + options.peak_len, shown.beat))
+          if (p.offset_seconds > kTimeEpsilon) pulses.push_back(p);
+        task.clip_pulses.push_back(pulses);
+      }
+      task.seed = task.clip_seeds.front();
+      task.pulses = task.clip_pulses.front();
+      task.cost = task.render_frames * pixels * method_cost("t2v");
+      tasks.push_back(task);
+      for (int c = 0; c < clips; ++c) timeline.pool.push_back({task.id, c * per_clip, clip_frames});
+    }
   } else {
     for (int c = 0; c < pool_size; ++c) {
       const Slot& first = first_slot_of(c);

@@ -35,6 +35,11 @@ struct Task {
   std::string prompt;
   std::string negative_prompt;
   uint64_t seed = 0;
+  // --batch-size > 1 (per-clip mode): the pool clips this task generates in one batch, by
+  // seed; the file holds them one after another, render_frames / clip_seeds.size() each.
+  // Empty: one clip with `seed`.
+  std::vector<uint64_t> clip_seeds;
+  std::vector<std::vector<render::Pulse>> clip_pulses;  // with clip_seeds: each clip's beats
   FrameRef from;                      // transitions: last frame shown before the gap
   FrameRef to;                        //              first frame shown after it
   std::vector<int> deps;              // tasks that must be done first
@@ -84,6 +89,7 @@ struct PlanOptions {
   int height = 480;
   std::string mode = "per-clip";  // "per-clip" | "sliced"
   int num_peak_clips = 10;
+  int batch_size = 1;  // per-clip mode: pool clips generated together in one task
   double peak_len = 1.5;
   double peak_thresh = 0.5;
   std::string interpolation_mode = "hybrid";  // "hybrid" | "flf2v" | "bim"

@@ -2,6 +2,7 @@
 // weights) here; "wan" (libtorch Wan pipelines) plugs in behind the same interface.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -30,6 +31,9 @@ struct PeakRequest {
   std::string prompt;
   std::string negative_prompt;
   uint64_t seed = 0;
+  // Several clips in one batch (render_peaks): one per seed, `frames` each. Empty: one clip.
+  std::vector<uint64_t> clip_seeds;
+  std::vector<std::vector<Pulse>> clip_pulses;  // each clip's beats (else `pulses` for all)
   // Beats the clip will be shown against: frame 0 is on a strong beat; more pulses
   // follow at the song's beat period.
   std::vector<Pulse> pulses;
@@ -60,6 +64,22 @@ class Backend {
   virtual std::string model_id() const = 0;
   virtual int steps() const = 0;
   virtual FrameStack render_peak(const PeakRequest& request, const ProgressFn& progress) = 0;
+  // One clip per request.clip_seeds entry, frames concatenated. Backends that can batch
+  // generations (wan) override it; the default renders the clips one after another.
+  virtual FrameStack render_peaks(const PeakRequest& request, const ProgressFn& progress) {
+    if (request.clip_seeds.empty()) return render_peak(request, progress);
+    FrameStack all(int(request.clip_seeds.size()) * request.frames, request.height, request.width);
+    for (size_t c = 0; c < request.clip_seeds.size(); ++c) {
+      PeakRequest one = request;
+      one.seed = request.clip_seeds[c];
+      if (c < request.clip_pulses.size()) one.pulses = request.clip_pulses[c];
+      one.clip_seeds.clear();
+      one.clip_pulses.clear();
+      FrameStack clip = render_peak(one, progress);
+      std::copy(clip.rgb.begin(), clip.rgb.end(), all.frame(int(c) * request.frames));
+    }
+    return all;
+  }
   virtual FrameStack render_transition(const TransitionRequest& request,
                                        const ProgressFn& progress) = 0;
 };

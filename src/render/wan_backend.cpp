@@ -17,7 +17,8 @@ namespace {
 at::Device pick_device(const std::string& name) {
   if (name == "cpu") return at::kCPU;
   if (name == "cuda") {
-    if (!at::hasCUDA()) throw InputError("--device cuda: this libtorch has no CUDA or no GPU is visible");
+    if (!at::hasCUDA())
+      throw InputError("--device cuda: this libtorch has no CUDA or no GPU is visible");
     return at::kCUDA;
   }
   return at::hasCUDA() ? at::Device(at::kCUDA) : at::Device(at::kCPU);
@@ -28,16 +29,21 @@ class WanBackend : public Backend {
   explicit WanBackend(const WanBackendOptions& options)
       : options_(options), interpolator_(make_preview_backend()) {
     models::WanPipelineOptions pipeline;
-    if (options.dtype == "bf16") pipeline.dtype = at::kBFloat16;
-    else if (options.dtype == "fp32") pipeline.dtype = at::kFloat;
-    else throw InputError(str("--dtype '", options.dtype, "' is not one of bf16|fp32"));
+    if (options.dtype == "bf16")
+      pipeline.dtype = at::kBFloat16;
+    else if (options.dtype == "fp32")
+      pipeline.dtype = at::kFloat;
+    else
+      throw InputError(str("--dtype '", options.dtype, "' is not one of bf16|fp32"));
     pipeline.device = pick_device(options.device);
     pipeline.offload = models::offload_from_string(options.cpu_offload);
     pipeline.text_encoder_on_cpu = options.text_encoder_cpu;
     const auto start = std::chrono::steady_clock::now();
-    pipeline_ = std::make_unique<models::WanT2VPipeline>(models::WanT2VPipeline::load(options.model, pipeline));
+    pipeline_ = std::make_unique<models::WanT2VPipeline>(
+        models::WanT2VPipeline::load(options.model, pipeline));
     if (!pipeline_->has_text_encoder())
-      throw InputError(str("model '", options.model_id, "' has no text_encoder/tokenizer: it cannot encode prompts"));
+      throw InputError(str("model '", options.model_id,
+                           "' has no text_encoder/tokenizer: it cannot encode prompts"));
     params_.steps = options.steps;
     params_.guidance_scale = options.guidance_scale;
     params_.guidance_scale_2 = options.guidance_scale_2;
@@ -45,8 +51,8 @@ class WanBackend : public Backend {
     params_ = pipeline_->with_defaults(params_);
     log_info("wan: loaded ", options.model_id, " on ", pipeline.device.str(), " (", options.dtype,
              ", offload ", options.cpu_offload, ") in ",
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s; ",
-             params_.steps, " steps, guidance ", params_.guidance_scale);
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+             " s; ", params_.steps, " steps, guidance ", params_.guidance_scale);
   }
 
   std::string name() const override { return "wan"; }
@@ -54,31 +60,22 @@ class WanBackend : public Backend {
   int steps() const override { return params_.steps; }
 
   FrameStack render_peak(const PeakRequest& request, const ProgressFn& progress) override {
-    models::GenerationParams params = params_;
-    params.num_frames = request.frames;
-    params.height = request.height;
-    params.width = request.width;
-    const at::Tensor positive = embeddings(request.prompt);
-    const at::Tensor negative = params.guidance_scale > 1.0 ? embeddings(request.negative_prompt) : at::Tensor();
-    const at::Tensor latents = pipeline_->initial_latents(1, params, request.seed);
-    at::Tensor video = pipeline_->generate(positive, negative, latents, params,
-                                           [&](int step, int steps, double seconds) {
-                                             if (progress) progress(step, steps, seconds);
-                                           });
-    at::Tensor frames = models::video_to_frames_u8(video)[0].contiguous();  // [F, H, W, 3]
-    FrameStack stack(int(frames.size(0)), int(frames.size(1)), int(frames.size(2)));
-    if (stack.count != request.frames || stack.height != request.height || stack.width != request.width)
-      throw Error(str(request.name, ": the pipeline made ", stack.count, "x", stack.height, "x", stack.width,
-                      " frames, expected ", request.frames, "x", request.height, "x", request.width));
-    std::memcpy(stack.rgb.data(), frames.data_ptr<uint8_t>(), stack.rgb.size());
-    return stack;
+    return generate(request, {request.seed}, progress);
+  }
+
+  // --batch-size: the clips of one task go through the transformer as one batch.
+  FrameStack render_peaks(const PeakRequest& request, const ProgressFn& progress) override {
+    if (request.clip_seeds.empty()) return render_peak(request, progress);
+    return generate(request, request.clip_seeds, progress);
   }
 
   // FLF2V and BiM-VFI transitions are not part of this build: the gaps are filled by the
   // weight-free morph between the real boundary frames, and the log says so.
-  FrameStack render_transition(const TransitionRequest& request, const ProgressFn& progress) override {
+  FrameStack render_transition(const TransitionRequest& request,
+                               const ProgressFn& progress) override {
     if (!warned_) {
-      log_warn("wan: ", request.method, " transitions are not in this build yet; gaps are morphs "
+      log_warn("wan: ", request.method,
+               " transitions are not in this build yet; gaps are morphs "
                "between the Wan boundary frames");
       warned_ = true;
     }
@@ -86,6 +83,38 @@ class WanBackend : public Backend {
   }
 
  private:
+  // One clip per seed, each from its own seeded noise, denoised together.
+  FrameStack generate(const PeakRequest& request, const std::vector<uint64_t>& seeds,
+                      const ProgressFn& progress) {
+    models::GenerationParams params = params_;
+    params.num_frames = request.frames;
+    params.height = request.height;
+    params.width = request.width;
+    const int64_t clips = int64_t(seeds.size());
+    std::vector<at::Tensor> noise;
+    for (uint64_t seed : seeds) noise.push_back(pipeline_->initial_latents(1, params, seed));
+    const at::Tensor latents = at::cat(noise, 0);  // [clips, z, f, h, w]
+    const at::Tensor positive = embeddings(request.prompt).expand({clips, -1, -1});
+    const at::Tensor negative = params.guidance_scale > 1.0
+                                    ? embeddings(request.negative_prompt).expand({clips, -1, -1})
+                                    : at::Tensor();
+    at::Tensor video = pipeline_->generate(positive, negative, latents, params,
+                                           [&](int step, int steps, double seconds) {
+                                             if (progress) progress(step, steps, seconds);
+                                           });
+    at::Tensor frames = models::video_to_frames_u8(video);  // [clips, F, H, W, 3]
+    if (frames.size(1) != request.frames || frames.size(2) != request.height ||
+        frames.size(3) != request.width)
+      throw Error(str(request.name, ": the pipeline made ", frames.size(1), "x", frames.size(2),
+                      "x", frames.size(3), " frames, expected ", request.frames, "x",
+                      request.height, "x", request.width));
+    frames =
+        frames.reshape({clips * request.frames, request.height, request.width, 3}).contiguous();
+    FrameStack stack(int(frames.size(0)), request.height, request.width);
+    std::memcpy(stack.rgb.data(), frames.data_ptr<uint8_t>(), stack.rgb.size());
+    return stack;
+  }
+
   // A job has few distinct prompts: encode each once per rank.
   at::Tensor embeddings(const std::string& prompt) {
     auto found = embeddings_.find(prompt);

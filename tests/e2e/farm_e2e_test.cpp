@@ -181,6 +181,27 @@ TEST(FarmE2E, ResumeRendersOnlyMissingOrBrokenTasks) {
   EXPECT_NE(log.find("--width '256' differs"), std::string::npos) << log;
 }
 
+TEST(FarmE2E, BatchSizeRendersTheSameClips) {
+  // Batching groups clips into fewer task files; each clip keeps its seed, so the preview
+  // (which renders the clips of a batch one by one) gives the same video.
+  std::vector<uint64_t> hashes;
+  for (const char* batch : {"1", "3"}) {
+    test::TempDir dir("bf_batch");
+    ASSERT_EQ(
+        run_farm(2, common_args(
+                        dir, std::string("--audio-end 10 --num-peak-clips 4 --batch-size ") + batch,
+                        "--width 128 --height 80")),
+        0);
+    hashes.push_back(hash_frames(video::read_video_frames(dir.file("out.mp4"))));
+    json plan = read_json(dir.file("work/plan.json")).at("plan");
+    int peaks = 0;
+    for (const json& task : plan.at("tasks")) peaks += task.at("kind") == "peak";
+    int pool = int(plan.at("pool").size());
+    EXPECT_EQ(peaks, std::string(batch) == "1" ? pool : (pool + 2) / 3) << batch;
+  }
+  EXPECT_EQ(hashes[0], hashes[1]);
+}
+
 TEST(FarmE2E, SlicedModeCutsOneLongGeneration) {
   test::TempDir dir("bf_sliced");
   ASSERT_EQ(run_farm(2, common_args(dir, "--mode sliced --num-peak-clips 3 --audio-end 10",

@@ -17,15 +17,17 @@ using nlohmann::json;
 const std::string kExample = test::data_path("example_house_126.ogg");
 
 int run_job(int ranks, const std::string& args, std::string* log) {
-  return test::run_command(std::string(BEATFARM_MPIEXEC) + " --allow-run-as-root --oversubscribe -np " +
-                               std::to_string(ranks) + " " + BEATFARM_BINARY + " " + args,
+  return test::run_command(std::string(BEATFARM_MPIEXEC) +
+                               " --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) +
+                               " " + BEATFARM_BINARY + " " + args,
                            log);
 }
 
 std::string tiny_model(const test::TempDir& dir) {
   std::string folder = dir.file("tiny");
   std::string log;
-  EXPECT_EQ(test::run_command(std::string(BEATFARM_MAKE_TINY_WAN) + " --output " + folder, &log), 0) << log;
+  EXPECT_EQ(test::run_command(std::string(BEATFARM_MAKE_TINY_WAN) + " --output " + folder, &log), 0)
+      << log;
   return folder;
 }
 
@@ -93,15 +95,34 @@ TEST(WanE2E, SlicedModeCutsOneGeneration) {
   EXPECT_EQ(video::probe_media(dir.file("job.mp4")).video_frames, 128);
 }
 
+TEST(WanE2E, BatchSizeGeneratesSeveralClipsPerForward) {
+  test::TempDir dir("bf_wan_batch");
+  std::string model = tiny_model(dir);
+  std::string log;
+  ASSERT_EQ(run_job(2, wan_args(dir, model, "job", "--batch-size 2"), &log), 0) << log;
+  std::ifstream in(dir.file("job/plan.json"));
+  json plan = json::parse(in).at("plan");
+  const json& first = plan.at("tasks")[0];
+  ASSERT_EQ(first.at("kind"), "peak");
+  ASSERT_EQ(first.at("clip_seeds").size(), 2u);
+  int per_clip = first.at("render_frames").get<int>() / 2;
+  EXPECT_EQ((per_clip - 1) % 4, 0);
+  EXPECT_EQ(store::read_frames_shape(dir.file("job/peak_0000.h5")).count, 2 * per_clip);
+  EXPECT_EQ(video::probe_media(dir.file("job.mp4")).video_frames, 128);
+}
+
 TEST(WanE2E, AMissingModelFailsBeforeRenderingWithTheDownloadHint) {
   test::TempDir dir("bf_wan_missing");
   std::string log;
-  int code = run_job(2, "--backend wan --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --cache-dir " +
-                            dir.file("hub") + " --audio " + kExample + " --output " + dir.file("o.mp4") +
-                            " --work-dir " + dir.file("w"),
+  int code = run_job(2,
+                     "--backend wan --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --cache-dir " +
+                         dir.file("hub") + " --audio " + kExample + " --output " +
+                         dir.file("o.mp4") + " --work-dir " + dir.file("w"),
                      &log);
   EXPECT_EQ(code, 2) << log;
-  EXPECT_NE(log.find("huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), std::string::npos) << log;
+  EXPECT_NE(log.find("huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
+            std::string::npos)
+      << log;
   EXPECT_FALSE(fs::exists(dir.file("o.mp4")));
 }
 

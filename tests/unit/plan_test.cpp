@@ -223,6 +223,40 @@ TEST(Plan, PoolNeverLargerThanTheSlots) {
   EXPECT_EQ(t.pool.size(), t.slots.size());
 }
 
+TEST(Plan, BatchSizeGroupsClipsAndKeepsTheirSeeds) {
+  analysis::BeatGrid grid = regular_grid(0.25, 0.5, 60.0);
+  PlanOptions o = options_for(0.0, 60.0);
+  o.num_peak_clips = 5;
+  o.frames_4k_plus_1 = true;
+  Timeline single = make_timeline(grid, o);
+  o.batch_size = 2;
+  Timeline batched = make_timeline(grid, o);
+  std::vector<const Task*> peaks;
+  for (const Task& task : batched.tasks)
+    if (task.kind == TaskKind::Peak) peaks.push_back(&task);
+  ASSERT_EQ(peaks.size(), 3u);  // clips {0, 1}, {2, 3}, {4}
+  EXPECT_EQ(peaks[0]->clip_seeds.size(), 2u);
+  EXPECT_EQ(peaks[2]->clip_seeds.size(), 1u);
+  const int per_clip = single.tasks[0].render_frames;
+  ASSERT_EQ(batched.pool.size(), 5u);
+  for (int c = 0; c < 5; ++c) {
+    const PoolClip& clip = batched.pool[c];
+    const Task& task = batched.tasks[clip.task];
+    // Each clip keeps the seed it has when rendered alone, and sits at its place in the file.
+    EXPECT_EQ(task.clip_seeds[c % 2], single.tasks[c].seed) << c;
+    EXPECT_EQ(clip.first_frame, (c % 2) * per_clip);
+    EXPECT_EQ(task.render_frames, int(task.clip_seeds.size()) * per_clip);
+  }
+  // The same slots show the same clips.
+  ASSERT_EQ(batched.slots.size(), single.slots.size());
+  for (size_t i = 0; i < single.slots.size(); ++i)
+    EXPECT_EQ(batched.slots[i].clip, single.slots[i].clip);
+  EXPECT_NO_THROW(validate_timeline(batched));
+  Timeline back = timeline_from_json(nlohmann::json::parse(to_json(batched).dump()));
+  EXPECT_EQ(back.tasks[1].clip_seeds, batched.tasks[1].clip_seeds);
+  EXPECT_EQ(back.options.batch_size, 2);
+}
+
 TEST(Plan, SlicedModeCutsOneGeneration) {
   analysis::BeatGrid grid = regular_grid(0.25, 0.5, 60.0);
   PlanOptions o = options_for(0.0, 60.0);
