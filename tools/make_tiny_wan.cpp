@@ -1,5 +1,6 @@
-// make_tiny_wan: writes a tiny random-weight Wan text-to-video model in the exact Diffusers
-// layout (model_index.json, transformer[_2], vae, text_encoder, tokenizer, scheduler), so that
+// make_tiny_wan: writes a tiny random-weight Wan text-to-video (or image-to-video / FLF2V) model
+// in the exact Diffusers layout (model_index.json, transformer[_2], vae, text_encoder, tokenizer,
+// scheduler; image_encoder and image_processor for I2V/FLF2V), so that
 // `beatfarm --backend wan --model DIR` runs the real loaders and pipelines on a CPU in seconds.
 // The weight names and shapes come from the components' own loaders (parameter_specs).
 #include <ATen/ATen.h>
@@ -15,6 +16,7 @@
 
 #include "beatfarm/embedded_styles.h"
 #include "common/error.h"
+#include "models/clip_vision.h"
 #include "models/tokenizer.h"
 #include "models/umt5.h"
 #include "models/wan_transformer.h"
@@ -117,6 +119,28 @@ json scheduler_config(double flow_shift) {
           {"use_exponential_sigmas", false}, {"use_flow_sigmas", true}, {"use_karras_sigmas", false}};
 }
 
+// A tiny CLIPVisionModel (image_encoder/config.json as transformers writes it).
+json clip_vision_config() {
+  return {{"architectures", {"CLIPVisionModel"}}, {"attention_dropout", 0.0}, {"dropout", 0.0},
+          {"hidden_act", "gelu"}, {"hidden_size", 32}, {"image_size", 32},
+          {"initializer_factor", 1.0}, {"initializer_range", 0.02}, {"intermediate_size", 64},
+          {"layer_norm_eps", 1e-5},
+          {"model_type", "clip_vision_model"}, {"num_attention_heads", 2}, {"num_channels", 3},
+          {"num_hidden_layers", 3}, {"patch_size", 8}, {"projection_dim", 32},
+          {"torch_dtype", "float32"}, {"transformers_version", "4.47.0"}};
+}
+
+// CLIPImageProcessor with OpenAI CLIP's mean/std, sized for the tiny encoder.
+json image_processor_config(int64_t size) {
+  return {{"crop_size", {{"height", size}, {"width", size}}}, {"do_center_crop", true},
+          {"do_convert_rgb", true}, {"do_normalize", true}, {"do_rescale", true},
+          {"do_resize", true},
+          {"image_mean", {0.48145466, 0.4578275, 0.40821073}},
+          {"image_processor_type", "CLIPImageProcessor"},
+          {"image_std", {0.26862954, 0.26130258, 0.27577711}}, {"resample", 3},
+          {"rescale_factor", 1.0 / 255.0}, {"size", {{"shortest_edge", size}}}};
+}
+
 // Text for the tiny tokenizer: the prompt styles plus plain words, so that real prompts
 // tokenize into known pieces.
 std::string tokenizer_corpus() {
@@ -146,7 +170,8 @@ int main(int argc, char** argv) {
       "output", po::value(&output)->required(), "folder to write (created)")(
       "variant", po::value(&variant)->default_value("wan2.2-a14b"),
       "wan2.1 (one transformer) | wan2.2-a14b (two experts, boundary 0.875) | wan2.2-ti2v "
-      "(Wan 2.2 VAE, per-token timesteps)")(
+      "(Wan 2.2 VAE, per-token timesteps) | wan2.1-flf2v (first-last-frame, CLIP image "
+      "encoder) | wan2.1-i2v (first frame, CLIP image encoder)")(
       "heads", po::value(&heads)->default_value(2), "attention heads (tensor-parallel tests want 6)")(
       "head-dim", po::value(&head_dim)->default_value(16), "head dimension")(
       "layers", po::value(&layers)->default_value(2), "transformer blocks")(
@@ -161,14 +186,18 @@ int main(int argc, char** argv) {
       return 0;
     }
     po::notify(vm);
-    if (variant != "wan2.1" && variant != "wan2.2-a14b" && variant != "wan2.2-ti2v")
-      throw InputError(str("--variant '", variant, "' is not one of wan2.1|wan2.2-a14b|wan2.2-ti2v"));
+    if (variant != "wan2.1" && variant != "wan2.2-a14b" && variant != "wan2.2-ti2v" &&
+        variant != "wan2.1-flf2v" && variant != "wan2.1-i2v")
+      throw InputError(str("--variant '", variant, "' is not one of wan2.1|wan2.2-a14b|",
+                           "wan2.2-ti2v|wan2.1-flf2v|wan2.1-i2v"));
     if (heads <= 0 || head_dim < 6 || layers <= 0 || ffn_dim <= 0 || text_dim <= 0)
       throw InputError("--heads, --layers, --ffn-dim and --text-dim must be positive, --head-dim >= 6");
 
     const fs::path root(output);
     const bool two_experts = variant == "wan2.2-a14b";
     const bool ti2v = variant == "wan2.2-ti2v";
+    const bool flf2v = variant == "wan2.1-flf2v";
+    const bool image_to_video = flf2v || variant == "wan2.1-i2v";
     fs::create_directories(root);
 
     // Tokenizer first: the text encoder's vocabulary is its size.
@@ -197,7 +226,25 @@ int main(int argc, char** argv) {
     write_weights(root / "vae" / "diffusion_pytorch_model.safetensors",
                   WanVae::parameter_specs(WanVaeConfig::parse(vae.dump(), "vae/config.json")), seed + 2);
 
-    const json transformer = transformer_config(heads, head_dim, layers, ffn_dim, text_dim, 16);
+    json transformer = transformer_config(heads, head_dim, layers, ffn_dim, text_dim, 16);
+    if (image_to_video) {
+      // The image branch: 16 latent + 4 mask + 16 condition channels in, CLIP states as context
+      // (FLF2V: two images with a learned position table).
+      const json clip = clip_vision_config();
+      write_json(root / "image_encoder" / "config.json", clip);
+      write_weights(root / "image_encoder" / "model.safetensors",
+                    ClipVisionEncoder::parameter_specs(
+                        ClipVisionConfig::from_json_text(clip.dump(), "image_encoder/config.json")),
+                    seed + 5);
+      write_json(root / "image_processor" / "preprocessor_config.json",
+                 image_processor_config(clip["image_size"].get<int64_t>()));
+      const int64_t grid = clip["image_size"].get<int64_t>() / clip["patch_size"].get<int64_t>();
+      const int64_t clip_tokens = 1 + grid * grid;  // class token + patches
+      transformer["in_channels"] = 36;
+      transformer["image_dim"] = clip["hidden_size"];
+      transformer["added_kv_proj_dim"] = heads * head_dim;
+      if (flf2v) transformer["pos_embed_seq_len"] = 2 * clip_tokens;
+    }
     const auto transformer_specs = WanTransformer::parameter_specs(
         WanTransformerConfig::from_json_text(transformer.dump(), "transformer/config.json"));
     for (const char* name : {"transformer", "transformer_2"}) {
@@ -206,7 +253,9 @@ int main(int argc, char** argv) {
       write_weights(root / name / "diffusion_pytorch_model.safetensors", transformer_specs,
                     seed + (std::string(name) == "transformer" ? 3 : 4));
     }
-    write_json(root / "scheduler" / "scheduler_config.json", scheduler_config(ti2v ? 5.0 : 3.0));
+    // Wan 2.1 FLF2V 720P ships flow_shift 16; I2V 480P 3.
+    write_json(root / "scheduler" / "scheduler_config.json",
+               scheduler_config(ti2v ? 5.0 : flf2v ? 16.0 : 3.0));
 
     json index = {{"_class_name", "WanPipeline"}, {"_diffusers_version", kDiffusersVersion},
                   {"boundary_ratio", two_experts ? json(0.875) : json(nullptr)},
@@ -218,6 +267,11 @@ int main(int argc, char** argv) {
                   {"transformer_2", two_experts ? json({"diffusers", "WanTransformer3DModel"})
                                                 : json({nullptr, nullptr})},
                   {"vae", {"diffusers", "AutoencoderKLWan"}}};
+    if (image_to_video) {
+      index["_class_name"] = "WanImageToVideoPipeline";
+      index["image_encoder"] = {"transformers", "CLIPVisionModel"};
+      index["image_processor"] = {"transformers", "CLIPImageProcessor"};
+    }
     write_json(root / "model_index.json", index);
     std::printf("make_tiny_wan: wrote a tiny %s model (%lld heads x %lld, %lld layers) to %s\n",
                 variant.c_str(), (long long)heads, (long long)head_dim, (long long)layers,

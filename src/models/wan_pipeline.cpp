@@ -53,10 +53,12 @@ WanT2VPipeline::WanT2VPipeline(std::shared_ptr<Umt5Encoder> text_encoder,
     throw Error("WanT2VPipeline needs a transformer, a VAE and a scheduler");
   if (config_.boundary_ratio && !transformer_2_)
     throw Error("model_index.json sets boundary_ratio but has no transformer_2");
-  if (transformer_->config().in_channels != vae_->config().z_dim)
+  // Text-to-video: in_channels = z; image-to-video: z latents + 4 mask + z condition channels.
+  const int64_t z = vae_->config().z_dim;
+  if (transformer_->config().in_channels != z && transformer_->config().in_channels != 2 * z + 4)
     throw Error(str("transformer in_channels ", transformer_->config().in_channels,
-                    " does not match the VAE's z_dim ", vae_->config().z_dim,
-                    ": this is not a text-to-video model"));
+                    " matches neither the VAE's z_dim ", z, " (text-to-video) nor 2 z_dim + 4 (",
+                    2 * z + 4, ", image-to-video)"));
   // Where the weights wait between uses.
   if (options_.offload == Offload::Sequential) {
     for (auto* t : {transformer_.get(), transformer_2_.get()})
@@ -64,7 +66,31 @@ WanT2VPipeline::WanT2VPipeline(std::shared_ptr<Umt5Encoder> text_encoder,
   }
 }
 
+void check_tensor_parallel(const std::string& folder, int tp_size) {
+  if (tp_size <= 1) return;
+  const fs::path root(folder);
+  auto check = [&](int64_t value, const std::string& what) {
+    if (value % tp_size != 0)
+      throw InputError(str(what, " is ", value, ", not divisible by the tensor-parallel size ",
+                           tp_size, " (--tp-size / --device-map): choose a size that divides it"));
+  };
+  for (const char* name : {"transformer", "transformer_2"}) {
+    const fs::path config = root / name / "config.json";
+    if (!fs::exists(config)) continue;
+    const WanTransformerConfig c = WanTransformerConfig::from_json_file(config.string());
+    check(c.num_attention_heads, str("num_attention_heads of ", config.string()));
+    check(c.ffn_dim, str("ffn_dim of ", config.string()));
+  }
+  const fs::path text_config = root / "text_encoder" / "config.json";
+  if (fs::exists(text_config)) {
+    const Umt5Config c = Umt5Config::from_json(text_config.string());
+    check(c.num_heads, str("num_heads of ", text_config.string()));
+    check(c.d_ff, str("d_ff of ", text_config.string()));
+  }
+}
+
 WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipelineOptions& options) {
+  check_tensor_parallel(folder, options.tp.size);  // before any weight is read
   fs::path root(folder);
   fs::path index_path = root / "model_index.json";
   std::ifstream in(index_path);
@@ -86,7 +112,7 @@ WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipeline
 
   // Weights wait on the CPU unless nothing is offloaded.
   const at::Device storage = options.offload == Offload::None ? options.device : at::Device(at::kCPU);
-  LoadOptions transformer_options{options.dtype, storage};
+  LoadOptions transformer_options{options.dtype, storage, options.tp};
   auto transformer = std::make_shared<WanTransformer>(
       WanTransformer::load((root / "transformer").string(), transformer_options));
   std::shared_ptr<WanTransformer> transformer_2;
@@ -99,8 +125,8 @@ WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipeline
   std::shared_ptr<T5Tokenizer> tokenizer;
   if (component_present(index, "text_encoder") && component_present(index, "tokenizer")) {
     LoadOptions text_options = options.text_encoder_on_cpu
-                                   ? LoadOptions{at::kFloat, at::kCPU}
-                                   : LoadOptions{options.dtype, storage};
+                                   ? LoadOptions{at::kFloat, at::kCPU, options.tp}
+                                   : LoadOptions{options.dtype, storage, options.tp};
     text_encoder = std::make_shared<Umt5Encoder>(Umt5Encoder::load((root / "text_encoder").string(), text_options));
     tokenizer = std::make_shared<T5Tokenizer>(T5Tokenizer::load((root / "tokenizer").string()));
   }
@@ -141,20 +167,26 @@ at::Tensor WanT2VPipeline::initial_latents(int batch, const GenerationParams& pa
 }
 
 at::Tensor WanT2VPipeline::run_transformer(const WanTransformer& model, const at::Tensor& latents,
-                                           const at::Tensor& timestep, const at::Tensor& context) {
-  return model.forward(latents, timestep, context);
+                                           const at::Tensor& timestep, const at::Tensor& context,
+                                           const at::Tensor& image_embeds) {
+  return model.forward(latents, timestep, context, image_embeds);
 }
 
 at::Tensor WanT2VPipeline::generate(const at::Tensor& prompt_embeds,
                                     const at::Tensor& negative_prompt_embeds, at::Tensor latents,
                                     const GenerationParams& requested, const StepCallback& on_step,
-                                    PipelineTrace* trace, at::Tensor* vae_decode_input) {
+                                    PipelineTrace* trace, at::Tensor* vae_decode_input,
+                                    const ImageCondition* image) {
   const GenerationParams params = with_defaults(requested);
   const auto start = std::chrono::steady_clock::now();
   const at::Device device = options_.device;
   const bool cfg = params.guidance_scale > 1.0;
   if (cfg && !negative_prompt_embeds.defined())
     throw Error("classifier-free guidance needs negative prompt embeddings");
+  const bool image_model = transformer_->config().in_channels != vae_->config().z_dim;
+  if (image_model != (image && image->condition.defined()))
+    throw Error(image_model ? "this is an image-to-video model: generate needs an image condition"
+                            : "an image condition was given to a text-to-video model");
   if (params.flow_shift > 0) scheduler_->set_flow_shift(params.flow_shift);
   scheduler_->set_timesteps(params.steps);
   const at::Tensor timesteps = scheduler_->timesteps();
@@ -167,6 +199,9 @@ at::Tensor WanT2VPipeline::generate(const at::Tensor& prompt_embeds,
   latents = latents.to(device, at::kFloat);
   const at::Tensor context = prompt_embeds.to(device);
   const at::Tensor negative = cfg ? negative_prompt_embeds.to(device) : at::Tensor();
+  const at::Tensor condition = image_model ? image->condition.to(device, at::kFloat) : at::Tensor();
+  const at::Tensor image_embeds =
+      image_model && image->image_embeds.defined() ? image->image_embeds.to(device) : at::Tensor();
   WanTransformer* resident = nullptr;  // --cpu-offload model: the expert now on the device
   for (int64_t i = 0; i < timesteps.size(0); ++i) {
     const at::Tensor t = timesteps[i];
@@ -178,7 +213,9 @@ at::Tensor WanT2VPipeline::generate(const at::Tensor& prompt_embeds,
       model.to(device);
       resident = &model;
     }
-    at::Tensor latent_model_input = latents.to(model.options().dtype);
+    // [B, z, f, h, w], image-to-video: [B, z + 4 + z, f, h, w]
+    at::Tensor latent_model_input =
+        (image_model ? at::cat({latents, condition}, 1) : latents).to(model.options().dtype);
     at::Tensor timestep;
     if (config_.expand_timesteps) {
       // Wan2.2 TI2V: one timestep per token; in text-to-video mode every token gets t.
@@ -191,10 +228,12 @@ at::Tensor WanT2VPipeline::generate(const at::Tensor& prompt_embeds,
     record("timestep", timestep);
     record("latent_model_input", latent_model_input);
     record("expert", at::full({}, low_noise ? 2 : 1, at::kLong));
-    at::Tensor noise_pred = run_transformer(model, latent_model_input, timestep, context);
+    at::Tensor noise_pred =
+        run_transformer(model, latent_model_input, timestep, context, image_embeds);
     record("noise_pred_cond", noise_pred);
     if (cfg) {
-      at::Tensor noise_uncond = run_transformer(model, latent_model_input, timestep, negative);
+      at::Tensor noise_uncond =
+          run_transformer(model, latent_model_input, timestep, negative, image_embeds);
       record("noise_pred_uncond", noise_uncond);
       noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond);
     }

@@ -34,7 +34,16 @@ struct WanPipelineOptions {
   at::Device device = at::kCPU;          // where the computation runs
   Offload offload = Offload::Model;
   bool text_encoder_on_cpu = false;  // UMT5 always computes on the CPU (in float32)
+  // Tensor parallelism: the transformer(s) and the text encoder are sharded over the group
+  // (heads and FFN columns); the VAE is replicated. Every rank of the group loads its slices
+  // and runs generate() with the same inputs.
+  TensorParallel tp;
 };
+
+// Checks, from the config files alone (before any weight is read), that the transformer(s)
+// and text encoder of the Diffusers folder can be split over `tp_size` ranks: InputError
+// naming the component, the dimension and its value otherwise.
+void check_tensor_parallel(const std::string& folder, int tp_size);
 
 // What model_index.json says about the pipeline.
 struct WanPipelineConfig {
@@ -58,6 +67,15 @@ using PipelineTrace = std::map<std::string, std::vector<at::Tensor>>;
 // (step, steps, seconds so far); may throw to cancel between steps.
 using StepCallback = std::function<void(int, int, double)>;
 
+// Image conditioning of Wan I2V/FLF2V models (WanImageToVideoPipeline builds it): concatenated
+// to the latents on the channel axis each step, and the image embeddings go to the
+// transformer's image branch.
+struct ImageCondition {
+  at::Tensor condition;     // [B, 4 + z, f, h, w]: frame mask, then normalised condition latents
+  at::Tensor image_embeds;  // CLIP states [B, S, image_dim] / [2B, S, image_dim] (FLF2V), or
+                            // undefined for models without an image branch (Wan2.2 I2V)
+};
+
 class WanT2VPipeline {
  public:
   // A Diffusers folder with model_index.json: text_encoder, tokenizer, transformer,
@@ -79,10 +97,12 @@ class WanT2VPipeline {
   at::Tensor initial_latents(int batch, const GenerationParams& params, uint64_t seed) const;
 
   // Denoises `latents` and decodes them: video [B, 3, F, H, W] in [-1, 1], float32.
+  // `image` is required by image-conditioned models (in_channels 2z + 4) and refused otherwise.
   at::Tensor generate(const at::Tensor& prompt_embeds, const at::Tensor& negative_prompt_embeds,
                       at::Tensor latents, const GenerationParams& params,
                       const StepCallback& on_step = {}, PipelineTrace* trace = nullptr,
-                      at::Tensor* vae_decode_input = nullptr);
+                      at::Tensor* vae_decode_input = nullptr,
+                      const ImageCondition* image = nullptr);
 
   // Defaults of this model family (steps, guidance), filled into params where unset.
   GenerationParams with_defaults(GenerationParams params) const;
@@ -94,7 +114,8 @@ class WanT2VPipeline {
 
  private:
   at::Tensor run_transformer(const WanTransformer& model, const at::Tensor& latents,
-                             const at::Tensor& timestep, const at::Tensor& context);
+                             const at::Tensor& timestep, const at::Tensor& context,
+                             const at::Tensor& image_embeds = {});
 
   std::shared_ptr<Umt5Encoder> text_encoder_;
   std::shared_ptr<T5Tokenizer> tokenizer_;
