@@ -56,6 +56,29 @@ struct Assignment {
   int notice;  // rank 0 sent a kTagStop message to this rank (receive it if not yet done)
 };
 
+// A leader -> its tensor-parallel group: render `task` (code kWork, followed by `frames`
+// boundary frames) or stop with `code`.
+struct GroupTask {
+  int code;
+  int task;
+  int frames;
+};
+
+// Is world rank r a group leader (rank 0 hands tasks to it)?
+bool is_leader(const FarmOptions& options, int r) {
+  return options.leaders.empty() || options.leaders.at(size_t(r)) == r;
+}
+
+void broadcast_in_group(void* data, int bytes, MPI_Comm group) {
+  MPI_Request request;
+  MPI_Ibcast(data, bytes, MPI_BYTE, 0, group, &request);
+  wait_politely(&request, nullptr);
+}
+
+// Between frames/steps of a grouped task: the leader's verdict ("" = go on, else why the task
+// is abandoned) reaches every rank of the group, which all abandon together.
+void agree_on_abandon(std::string& why, MPI_Comm group) { broadcast_string(why, 0, group); }
+
 std::string format_seconds(double s) {
   char buffer[32];
   if (s < 120)
@@ -118,6 +141,10 @@ class Dispatcher {
         same_pid_space_(world.size, false),
         pid_space_(pid_space()),
         dismissed_(world.size, false) {
+    // Only group leaders ask for tasks; the other ranks of a group follow their leader.
+    active_ = 0;
+    for (int r = 0; r < world.size; ++r) active_ += is_leader(options, r);
+    leaders_ = active_;
     done_.resize(timeline.tasks.size(), false);
     for (size_t i = 0; i < already_done.size(); ++i)
       if (already_done[i]) result_.records.push_back({int(i), -1, "", 0.0, true});
@@ -261,7 +288,7 @@ class Dispatcher {
     seconds_per_cost_total_ += request.seconds;
     cost_done_total_ += task.cost;
     double seconds_per_cost = seconds_per_cost_total_ / std::max(cost_done_total_, 1e-9);
-    double eta = estimate_left(timeline_, done_, rates_, seconds_per_cost) / world_.size;
+    double eta = estimate_left(timeline_, done_, rates_, seconds_per_cost) / leaders_;
     log_info("done ", rendered_, "/", to_render_, " ", task.name, " (rank ", source, ", ",
              format_seconds(request.seconds), ") elapsed ", format_seconds(elapsed), " ETA ",
              format_seconds(eta));
@@ -298,7 +325,7 @@ class Dispatcher {
              " task(s) in flight finish within --stop-timeout ", options_.stop_timeout,
              " s or are abandoned");
     for (int r = 1; r < world_.size; ++r) {
-      if (dismissed_[r] || notice_sent_[r]) continue;
+      if (dismissed_[r] || notice_sent_[r] || !is_leader(options_, r)) continue;
       static const int kNotice = 1;
       notices_.emplace_back();
       MPI_Isend(&kNotice, 1, MPI_INT, r, kTagStop, world_.dispatch, &notices_.back());
@@ -379,7 +406,8 @@ class Dispatcher {
   std::vector<bool> dismissed_;
   std::vector<MPI_Request> notices_;
   std::deque<int> idle_;
-  int active_ = world_.size;
+  int active_ = 0;   // leaders not yet dismissed
+  int leaders_ = 1;  // ranks that take tasks (the groups)
   int to_render_ = 0;
   int rendered_ = 0;
   FarmOutcome mode_ = FarmOutcome::Completed;
@@ -396,6 +424,7 @@ int work(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& w
   const bool gathering = world.rank != 0 && world.rank < int(options.gathering.size()) &&
                          options.gathering[world.rank];
   const WorkDir target = gathering ? WorkDir{options.scratch_dir} : work_dir;
+  const bool grouped = options.group != MPI_COMM_NULL;
   bool got_notice = false;
   // Between frames: a stop notice from rank 0 counts as a stop signal.
   auto poll_stop = [&] {
@@ -437,6 +466,10 @@ int work(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& w
         int notice = 0;
         MPI_Recv(&notice, 1, MPI_INT, 0, kTagStop, world.dispatch, MPI_STATUS_IGNORE);
       }
+      if (grouped) {
+        GroupTask done{assignment.code, -1, 0};
+        broadcast_in_group(&done, sizeof done, options.group);
+      }
       return assignment.code;
     }
     const plan::Task& task = timeline.tasks.at(assignment.task);
@@ -454,6 +487,20 @@ int work(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& w
                     stop_reason().c_str());
       continue;
     }
+    if (grouped) {
+      // The group renders with the leader: it gets the task and its boundary frames (read
+      // here when rank 0 did not send them), so no rank of the group reads the work dir.
+      if (task.kind != plan::TaskKind::Peak && frames.empty()) {
+        frames.push_back(store::read_task_frame(work_dir.task_h5(timeline.tasks.at(task.from.task)),
+                                                task.from.frame));
+        frames.push_back(store::read_task_frame(work_dir.task_h5(timeline.tasks.at(task.to.task)),
+                                                task.to.frame));
+      }
+      GroupTask announce{kWork, assignment.task, int(frames.size())};
+      broadcast_in_group(&announce, sizeof announce, options.group);
+      for (Frame& frame : frames)
+        broadcast_in_group(frame.rgb.data(), int(frame.rgb.size()), options.group);
+    }
     log_debug("rendering ", task.name, " (", task.method, ", ", task.render_frames, " frames)");
     TaskInputs inputs;
     if (frames.size() == 2) {
@@ -461,8 +508,15 @@ int work(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& w
       inputs.to = &frames[1];
     }
     inputs.between_steps = [&] {
-      poll_stop();
-      abandon_if_overdue(options.stop_timeout, task.name);
+      std::string why;
+      try {
+        poll_stop();
+        abandon_if_overdue(options.stop_timeout, task.name);
+      } catch (const TaskAbandoned& e) {
+        why = e.what();
+      }
+      if (grouped) agree_on_abandon(why, options.group);
+      if (!why.empty()) throw TaskAbandoned(why);
     };
     try {
       request.seconds =
@@ -478,11 +532,49 @@ int work(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& w
       std::snprintf(request.message, sizeof request.message, "%s", e.what());
       log_error("task ", task.name, " failed on rank ", world.rank, " (", world.host,
                 "): ", e.what());
+      // The rest of the group may wait in a collective: no retry, the job ends.
+      if (grouped) throw;
     }
     if (request.kind != kDone) {
       std::error_code ignored;
       fs::remove(target.task_h5(task) + ".tmp", ignored);
       fs::remove(target.task_mp4(task) + ".partial", ignored);
+    }
+  }
+}
+
+// A rank of a group that its leader drives: renders what the leader announces, writes nothing.
+// Returns the leader's dismissal code.
+int follow(const MpiWorld& world, const plan::Timeline& timeline, const WorkDir& work_dir,
+           render::Backend& backend, const FarmOptions& options) {
+  for (;;) {
+    GroupTask announce{};
+    broadcast_in_group(&announce, sizeof announce, options.group);
+    if (announce.code != kWork) return announce.code;
+    const plan::Task& task = timeline.tasks.at(announce.task);
+    std::vector<Frame> frames(size_t(announce.frames));
+    for (Frame& frame : frames) {
+      frame.height = timeline.options.height;
+      frame.width = timeline.options.width;
+      frame.rgb.resize(size_t(frame.height) * frame.width * 3);
+      broadcast_in_group(frame.rgb.data(), int(frame.rgb.size()), options.group);
+    }
+    TaskInputs inputs;
+    if (frames.size() == 2) {
+      inputs.from = &frames[0];
+      inputs.to = &frames[1];
+    }
+    inputs.between_steps = [&] {
+      std::string why;
+      agree_on_abandon(why, options.group);
+      if (!why.empty()) throw TaskAbandoned(why);
+    };
+    log_debug("rendering ", task.name, " with the group of rank ",
+              options.leaders.at(size_t(world.rank)));
+    try {
+      render_task_frames(timeline, task, work_dir, backend, inputs);
+    } catch (const TaskAbandoned& e) {
+      log_warn(e.what());  // the leader abandons it too and reports it
     }
   }
 }
@@ -506,7 +598,8 @@ FarmResult run_farm(const MpiWorld& world, const plan::Timeline& timeline, const
   }
   int code = kNoMoreWork;
   try {
-    code = work(world, timeline, work_dir, backend, options);
+    code = is_leader(options, world.rank) ? work(world, timeline, work_dir, backend, options)
+                                          : follow(world, timeline, work_dir, backend, options);
   } catch (const std::exception& e) {
     log_error(e.what());
     log_error("aborting the job; finished tasks stay in ", work_dir.root,

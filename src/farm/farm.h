@@ -37,6 +37,11 @@ struct TaskInputs {
   std::function<void()> between_steps;
 };
 
+// The frames of one task from the backend (what render_task writes), checked against the plan.
+FrameStack render_task_frames(const plan::Timeline& timeline, const plan::Task& task,
+                              const WorkDir& work, render::Backend& backend,
+                              const TaskInputs& inputs = {});
+
 // Renders one task into work/NAME.h5 (+ NAME.mp4 for a quick look). Returns seconds taken.
 // On an exception nothing of the task is left but possibly a complete quick look.
 double render_task(const plan::Timeline& timeline, const plan::Task& task, const WorkDir& work,
@@ -49,6 +54,14 @@ struct FarmOptions {
   // Per rank: it renders into its scratch dir and sends the files to rank 0 (rank 0: never).
   std::vector<bool> gathering;
   std::string scratch_dir;  // this rank's scratch dir when it gathers
+  // Tensor-parallel groups: per world rank, the world rank of its group's leader (empty: every
+  // rank renders alone). Rank 0 hands tasks to leaders only; a leader passes each task to its
+  // group over `group`, all of the group render it together (the backend's collectives), and
+  // only the leader writes the task file and reports. A stop is agreed between frames/steps
+  // (the leader decides, the group follows); any other error in a group ends the job, since
+  // the other ranks of the group would wait in a collective for ever.
+  std::vector<int> leaders;
+  MPI_Comm group = MPI_COMM_NULL;  // this rank's group when it has more than one rank
 };
 
 enum class FarmOutcome {

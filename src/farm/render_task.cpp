@@ -53,10 +53,9 @@ bool task_file_matches(const WorkDir& work, const plan::Timeline& timeline, cons
   }
 }
 
-double render_task(const plan::Timeline& timeline, const plan::Task& task, const WorkDir& work,
-                   render::Backend& backend, int rank, const std::string& host,
-                   const TaskInputs& inputs) {
-  const auto start = std::chrono::steady_clock::now();
+FrameStack render_task_frames(const plan::Timeline& timeline, const plan::Task& task,
+                              const WorkDir& work, render::Backend& backend,
+                              const TaskInputs& inputs) {
   const plan::PlanOptions& o = timeline.options;
   auto progress = [&](int done, int total, double seconds) {
     log_debug(task.name, " ", done, "/", total, " frames, ", seconds, " s");
@@ -106,6 +105,15 @@ double render_task(const plan::Timeline& timeline, const plan::Task& task, const
     throw Error(str(task.name, ": the ", backend.name(), " backend returned ", frames.count, "x",
                     frames.height, "x", frames.width, " frames, expected ", task.render_frames, "x",
                     o.height, "x", o.width));
+  return frames;
+}
+
+double render_task(const plan::Timeline& timeline, const plan::Task& task, const WorkDir& work,
+                   render::Backend& backend, int rank, const std::string& host,
+                   const TaskInputs& inputs) {
+  const auto start = std::chrono::steady_clock::now();
+  const plan::PlanOptions& o = timeline.options;
+  const FrameStack frames = render_task_frames(timeline, task, work, backend, inputs);
   const double render_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 

@@ -5,16 +5,38 @@
 
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "models/weights.h"
 
+namespace beatfarm::parallel {
+class Communicator;
+}
+
 namespace beatfarm::models {
+
+// Tensor parallelism (Megatron style): the ranks of a group each hold 1/size of every sharded
+// weight (attention heads, FFN columns) and sum their partial results with `comm`. size 1:
+// every weight whole, no communication.
+struct TensorParallel {
+  std::shared_ptr<parallel::Communicator> comm;  // the group's; null when size is 1
+  int rank = 0;
+  int size = 1;
+  bool active() const { return size > 1; }
+  // [start, start + length) of a dimension of `full` split evenly over the group; Error
+  // naming `what` when it does not divide.
+  std::pair<int64_t, int64_t> share(int64_t full, const std::string& what) const;
+};
+// A group over `comm` (rank and size from it).
+TensorParallel tensor_parallel(std::shared_ptr<parallel::Communicator> comm);
 
 // Where and how a component's weights live and compute.
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // compute/storage dtype of the weights
   at::Device device = at::kCPU;
+  TensorParallel tp = {};  // which shard of the sharded weights this rank loads
 };
 
 struct Linear {
@@ -34,6 +56,15 @@ at::Tensor load_f32(const WeightFiles& weights, const std::string& name, const L
 
 // x * rsqrt(mean(x^2, last dim) + eps) * weight, computed in float32, returned in x's dtype.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// The same when the last dim is sharded over a tensor-parallel group (x and weight hold this
+// rank's `full_dim / size` channels): the sum of squares is all-reduced in float32.
+at::Tensor rms_norm_sharded(const at::Tensor& x, const at::Tensor& weight, double eps,
+                            int64_t full_dim, const TensorParallel& tp);
+
+// A row-parallel linear: x holds this rank's slice of the input features and `linear.weight`
+// the matching columns; the partial products are summed over the group, then the (whole)
+// bias is added once. With size 1 it is linear(x).
+at::Tensor row_parallel(const Linear& linear, const at::Tensor& x, const TensorParallel& tp);
 
 // LayerNorm over the last dim, computed in float32, returned in x's dtype; weight/bias may be
 // undefined (elementwise_affine=False).

@@ -139,9 +139,31 @@ Umt5Encoder Umt5Encoder::build(const Umt5Config& config, const LoadOptions& opti
     expect_shape(t, name, shape);
     return t;
   };
-  auto linear = [&](const std::string& name, int64_t out, int64_t in) {
-    return Linear{load_checked(name + ".weight", {out, in}, false), at::Tensor()};
+  // Tensor parallelism: this rank's part [start, start + length) along `dim` of a weight
+  // whose full shape is `shape`; only those bytes are read from the files.
+  const TensorParallel& tp = options.tp;
+  auto shard = [&](const std::string& name, const std::vector<int64_t>& shape, int64_t dim,
+                   std::pair<int64_t, int64_t> range) {
+    if (recorder || (range.first == 0 && range.second == shape[size_t(dim)]))
+      return load_checked(name, shape, false);
+    const WeightFiles& weights = *weights_or_null;
+    expect_shape(meta_tensor(weights.file_of(name).info(name).shape), name, shape);
+    return load_slice(weights, name, dim, range.first, range.second, options.dtype,
+                      options.device);
   };
+  // Column-parallel (this rank's output features) and row-parallel (its input features).
+  auto column = [&](const std::string& name, int64_t out, int64_t in,
+                    std::pair<int64_t, int64_t> rows) {
+    return Linear{shard(name + ".weight", {out, in}, 0, rows), at::Tensor()};
+  };
+  auto row = [&](const std::string& name, int64_t out, int64_t in,
+                 std::pair<int64_t, int64_t> columns) {
+    return Linear{shard(name + ".weight", {out, in}, 1, columns), at::Tensor()};
+  };
+  const auto head_range = tp.share(c.num_heads, str("UMT5: num_heads of '", folder, "'"));
+  const std::pair<int64_t, int64_t> inner_range = {head_range.first * c.d_kv,
+                                                   head_range.second * c.d_kv};
+  const auto ffn_range = tp.share(c.d_ff, str("UMT5: d_ff of '", folder, "'"));
 
   // The tied embedding: "shared.weight", or its duplicate when a checkpoint drops it.
   const std::string embedding_name =
@@ -157,21 +179,22 @@ Umt5Encoder Umt5Encoder::build(const Umt5Config& config, const LoadOptions& opti
     const std::string ffn = str("encoder.block.", i, ".layer.1.");
     Block block;
     block.attention_norm = load_checked(attn + "layer_norm.weight", {c.d_model}, true);
-    block.q = linear(attn + "SelfAttention.q", inner, c.d_model);
-    block.k = linear(attn + "SelfAttention.k", inner, c.d_model);
-    block.v = linear(attn + "SelfAttention.v", inner, c.d_model);
-    block.o = linear(attn + "SelfAttention.o", c.d_model, inner);
+    block.q = column(attn + "SelfAttention.q", inner, c.d_model, inner_range);
+    block.k = column(attn + "SelfAttention.k", inner, c.d_model, inner_range);
+    block.v = column(attn + "SelfAttention.v", inner, c.d_model, inner_range);
+    block.o = row(attn + "SelfAttention.o", c.d_model, inner, inner_range);
+    // [buckets, heads]: this rank's heads.
     block.relative_attention_bias =
-        load_checked(attn + "SelfAttention.relative_attention_bias.weight",
-                     {c.relative_attention_num_buckets, c.num_heads}, false);
+        shard(attn + "SelfAttention.relative_attention_bias.weight",
+              {c.relative_attention_num_buckets, c.num_heads}, 1, head_range);
     block.ffn_norm = load_checked(ffn + "layer_norm.weight", {c.d_model}, true);
     if (model.gated_) {
-      block.wi_0 = linear(ffn + "DenseReluDense.wi_0", c.d_ff, c.d_model);
-      block.wi_1 = linear(ffn + "DenseReluDense.wi_1", c.d_ff, c.d_model);
+      block.wi_0 = column(ffn + "DenseReluDense.wi_0", c.d_ff, c.d_model, ffn_range);
+      block.wi_1 = column(ffn + "DenseReluDense.wi_1", c.d_ff, c.d_model, ffn_range);
     } else {
-      block.wi_0 = linear(ffn + "DenseReluDense.wi", c.d_ff, c.d_model);
+      block.wi_0 = column(ffn + "DenseReluDense.wi", c.d_ff, c.d_model, ffn_range);
     }
-    block.wo = linear(ffn + "DenseReluDense.wo", c.d_model, c.d_ff);
+    block.wo = row(ffn + "DenseReluDense.wo", c.d_model, c.d_ff, ffn_range);
     model.blocks_.push_back(std::move(block));
   }
   model.final_norm_ = load_checked("encoder.final_layer_norm.weight", {c.d_model}, true);
@@ -182,7 +205,8 @@ at::Tensor Umt5Encoder::self_attention(const Block& block, const at::Tensor& x,
                                        const at::Tensor& buckets,
                                        const at::Tensor& mask_bias) const {
   const int64_t batch = x.size(0), length = x.size(1);
-  const int64_t heads = config_.num_heads, head_dim = config_.d_kv;
+  // With tensor parallelism: this rank's heads; `o` sums the heads' shares over the group.
+  const int64_t heads = config_.num_heads / options_.tp.size, head_dim = config_.d_kv;
   auto heads_first = [&](const at::Tensor& t) {
     return t.view({batch, length, heads, head_dim}).transpose(1, 2);  // [B, H, L, Dk]
   };
@@ -198,13 +222,13 @@ at::Tensor Umt5Encoder::self_attention(const Block& block, const at::Tensor& x,
   const at::Tensor weights = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
   at::Tensor out = at::matmul(weights, v);                               // [B, H, L, Dk]
   out = out.transpose(1, 2).reshape({batch, length, heads * head_dim});  // [B, L, H*Dk]
-  return block.o(out);
+  return row_parallel(block.o, out, options_.tp);
 }
 
 at::Tensor Umt5Encoder::feed_forward(const Block& block, const at::Tensor& x) const {
   at::Tensor hidden = activate(activation_, block.wi_0(x));  // [B, L, d_ff]
   if (gated_) hidden = hidden * block.wi_1(x);
-  return block.wo(hidden);  // [B, L, d_model]
+  return row_parallel(block.wo, hidden, options_.tp);  // [B, L, d_model]
 }
 
 at::Tensor Umt5Encoder::forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,

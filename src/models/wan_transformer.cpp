@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "models/torch_compat.h"
 #include "models/weights.h"
+#include "parallel/communicator.h"
 
 namespace beatfarm::models {
 
@@ -139,6 +140,12 @@ struct WanWeightSource {
   std::function<bool(const std::string&)> has;
   std::function<at::Tensor(const std::string&, at::ScalarType, at::Device)> get;
   std::vector<ParamSpec>* recorder = nullptr;  // set: list the weights instead of loading
+  // Tensor-parallel shards: the full shape of a weight, and [start, start + length) along
+  // dim 0 or 1 of it (from files: only those bytes are read).
+  std::function<std::vector<int64_t>(const std::string&)> shape;
+  std::function<at::Tensor(const std::string&, int64_t, int64_t, int64_t, at::ScalarType,
+                           at::Device)>
+      slice;
 };
 
 struct WanRopeCache {
@@ -174,28 +181,57 @@ class Loader {
     return {tensor(prefix + ".weight", {out, in}, f32), tensor(prefix + ".bias", {out}, f32)};
   }
 
+  // The part [range.first, range.first + range.second) along `dim` of a weight whose full
+  // shape is `shape` (the whole weight when the range covers it, and in recording mode).
+  at::Tensor shard(const std::string& name, const std::vector<int64_t>& shape, int64_t dim,
+                   std::pair<int64_t, int64_t> range) const {
+    if (source_.recorder || (range.first == 0 && range.second == shape[size_t(dim)]))
+      return tensor(name, shape);
+    if (!source_.has(name))
+      throw Error(str("WanTransformer: '", source_.origin, "' has no weight '", name, "'"));
+    expect_shape(meta_tensor(source_.shape(name)), name, shape);
+    return source_.slice(name, dim, range.first, range.second, options_.dtype, options_.device);
+  }
+
+  // Column-parallel: this rank's output features (weight rows and bias entries).
+  Linear column(const std::string& prefix, int64_t out, int64_t in,
+                std::pair<int64_t, int64_t> rows) const {
+    return {shard(prefix + ".weight", {out, in}, 0, rows), shard(prefix + ".bias", {out}, 0, rows)};
+  }
+  // Row-parallel: this rank's input features (weight columns); the bias stays whole and is
+  // added once after the sum over the group.
+  Linear row(const std::string& prefix, int64_t out, int64_t in,
+             std::pair<int64_t, int64_t> columns) const {
+    return {shard(prefix + ".weight", {out, in}, 1, columns), tensor(prefix + ".bias", {out})};
+  }
+
  private:
   const detail::WanWeightSource& source_;
   const LoadOptions& options_;
 };
 
+// `heads`: this rank's share of the inner dim (whole heads), all of it without tensor
+// parallelism. Q/K/V (and the image K/V) are column-parallel, the output row-parallel.
 WanAttentionWeights load_attention(const Loader& loader, const std::string& prefix,
-                                   const WanTransformerConfig& config, bool image_branch) {
+                                   const WanTransformerConfig& config, bool image_branch,
+                                   std::pair<int64_t, int64_t> heads) {
   const int64_t dim = config.inner_dim();
   WanAttentionWeights attention;
-  attention.to_q = loader.linear(prefix + ".to_q", dim, dim);
-  attention.to_k = loader.linear(prefix + ".to_k", dim, dim);
-  attention.to_v = loader.linear(prefix + ".to_v", dim, dim);
-  attention.to_out = loader.linear(prefix + ".to_out.0", dim, dim);
+  attention.to_q = loader.column(prefix + ".to_q", dim, dim, heads);
+  attention.to_k = loader.column(prefix + ".to_k", dim, dim, heads);
+  attention.to_v = loader.column(prefix + ".to_v", dim, dim, heads);
+  attention.to_out = loader.row(prefix + ".to_out.0", dim, dim, heads);
   if (!config.qk_norm.empty()) {
     // RMSNorm weights are not in Diffusers' fp32 list: they follow the compute dtype.
-    attention.norm_q = loader.tensor(prefix + ".norm_q.weight", {dim});
-    attention.norm_k = loader.tensor(prefix + ".norm_k.weight", {dim});
+    attention.norm_q = loader.shard(prefix + ".norm_q.weight", {dim}, 0, heads);
+    attention.norm_k = loader.shard(prefix + ".norm_k.weight", {dim}, 0, heads);
   }
   if (image_branch) {
-    attention.add_k_proj = loader.linear(prefix + ".add_k_proj", dim, config.added_kv_proj_dim);
-    attention.add_v_proj = loader.linear(prefix + ".add_v_proj", dim, config.added_kv_proj_dim);
-    attention.norm_added_k = loader.tensor(prefix + ".norm_added_k.weight", {dim});
+    attention.add_k_proj =
+        loader.column(prefix + ".add_k_proj", dim, config.added_kv_proj_dim, heads);
+    attention.add_v_proj =
+        loader.column(prefix + ".add_v_proj", dim, config.added_kv_proj_dim, heads);
+    attention.norm_added_k = loader.shard(prefix + ".norm_added_k.weight", {dim}, 0, heads);
   }
   return attention;
 }
@@ -245,6 +281,17 @@ WanTransformer::WanTransformer(const detail::WanWeightSource& source,
   const Loader loader(source, options);
   const int64_t dim = config.inner_dim();
   const auto& p = config.patch_size;
+  // Tensor parallelism: this rank's heads (as a range of the inner dim) and FFN columns.
+  const TensorParallel& tp = options.tp;
+  if (tp.active() && !source.recorder && (!tp.comm || tp.comm->size() != tp.size))
+    throw Error("WanTransformer: tensor parallelism without a matching communicator");
+  const auto head_range =
+      tp.share(config.num_attention_heads,
+               str("WanTransformer: num_attention_heads of '", source.origin, "'"));
+  const std::pair<int64_t, int64_t> inner_range = {head_range.first * config.attention_head_dim,
+                                                   head_range.second * config.attention_head_dim};
+  const auto ffn_range =
+      tp.share(config.ffn_dim, str("WanTransformer: ffn_dim of '", source.origin, "'"));
 
   // The patch embedding is a Conv3d with stride = kernel: a linear map of each flattened patch.
   at::Tensor conv =
@@ -281,14 +328,14 @@ WanTransformer::WanTransformer(const detail::WanWeightSource& source,
     WanBlockWeights block;
     block.scale_shift_table =
         loader.tensor(prefix + "scale_shift_table", {1, 6, dim}, /*f32=*/true);
-    block.attn1 = load_attention(loader, prefix + "attn1", config, false);
-    block.attn2 = load_attention(loader, prefix + "attn2", config, image_branch);
+    block.attn1 = load_attention(loader, prefix + "attn1", config, false, inner_range);
+    block.attn2 = load_attention(loader, prefix + "attn2", config, image_branch, inner_range);
     if (config.cross_attn_norm) {
       block.norm2_weight = loader.tensor(prefix + "norm2.weight", {dim}, /*f32=*/true);
       block.norm2_bias = loader.tensor(prefix + "norm2.bias", {dim}, /*f32=*/true);
     }
-    block.ffn_in = loader.linear(prefix + "ffn.net.0.proj", config.ffn_dim, dim);
-    block.ffn_out = loader.linear(prefix + "ffn.net.2", dim, config.ffn_dim);
+    block.ffn_in = loader.column(prefix + "ffn.net.0.proj", config.ffn_dim, dim, ffn_range);
+    block.ffn_out = loader.row(prefix + "ffn.net.2", dim, config.ffn_dim, ffn_range);
     blocks_.push_back(std::move(block));
   }
 
@@ -303,6 +350,14 @@ WanTransformer::WanTransformer(const WeightFiles& weights, const WanTransformerC
               weights.origin(), [&](const std::string& name) { return weights.has(name); },
               [&](const std::string& name, at::ScalarType dtype, at::Device device) {
                 return load_tensor(weights, name, dtype, device);
+              },
+              nullptr,
+              [&](const std::string& name) {
+                return weights.file_of(name).info(name).shape;
+              },
+              [&](const std::string& name, int64_t dim, int64_t start, int64_t length,
+                  at::ScalarType dtype, at::Device device) {
+                return load_slice(weights, name, dim, start, length, dtype, device);
               }},
           config, options) {}
 
@@ -313,6 +368,12 @@ WanTransformer::WanTransformer(const std::map<std::string, at::Tensor>& tensors,
               "tensor map", [&](const std::string& name) { return tensors.count(name) > 0; },
               [&](const std::string& name, at::ScalarType dtype, at::Device device) {
                 return tensors.at(name).to(device, dtype);
+              },
+              nullptr,
+              [&](const std::string& name) { return tensors.at(name).sizes().vec(); },
+              [&](const std::string& name, int64_t dim, int64_t start, int64_t length,
+                  at::ScalarType dtype, at::Device device) {
+                return tensors.at(name).narrow(dim, start, length).to(device, dtype).contiguous();
               }},
           config, options) {}
 
@@ -381,22 +442,25 @@ at::Tensor multi_head_attention(const at::Tensor& q, const at::Tensor& k, const 
   return out.transpose(1, 2).reshape({B, Lq, H * D});  // [B, Lq, H*D]
 }
 
-// to_k/to_v (+ RMSNorm on k) of a context, split into heads: [B, Lk, H, D] each.
+// to_k/to_v (+ RMSNorm across all heads on k) of a context, split into this rank's heads:
+// [B, Lk, H, D] each. `inner` is the whole inner dim (the norm's width).
 std::pair<at::Tensor, at::Tensor> project_kv(const Linear& to_k, const Linear& to_v,
                                              const at::Tensor& norm_k, const at::Tensor& context,
-                                             int64_t heads, double eps) {
+                                             int64_t heads, double eps, int64_t inner,
+                                             const TensorParallel& tp) {
   const int64_t B = context.size(0), Lk = context.size(1);
-  at::Tensor k = to_k(context);  // [B, Lk, inner]
-  if (norm_k.defined()) k = rms_norm(k, norm_k, eps);
+  at::Tensor k = to_k(context);  // [B, Lk, inner / tp]
+  if (norm_k.defined()) k = rms_norm_sharded(k, norm_k, eps, inner, tp);
   at::Tensor v = to_v(context);         // [B, Lk, inner]
   return {k.view({B, Lk, heads, -1}),   // [B, Lk, H, D]
           v.view({B, Lk, heads, -1})};  // [B, Lk, H, D]
 }
 
-at::Tensor project_q(const WanAttentionWeights& w, const at::Tensor& x, int64_t heads, double eps) {
+at::Tensor project_q(const WanAttentionWeights& w, const at::Tensor& x, int64_t heads, double eps,
+                     int64_t inner, const TensorParallel& tp) {
   const int64_t B = x.size(0), L = x.size(1);
-  at::Tensor q = w.to_q(x);  // [B, L, inner]
-  if (w.norm_q.defined()) q = rms_norm(q, w.norm_q, eps);
+  at::Tensor q = w.to_q(x);  // [B, L, inner / tp]
+  if (w.norm_q.defined()) q = rms_norm_sharded(q, w.norm_q, eps, inner, tp);
   return q.view({B, L, heads, -1});  // [B, L, H, D]
 }
 
@@ -465,7 +529,10 @@ at::Tensor WanTransformer::forward(const at::Tensor& hidden_states, const at::Te
       W * pw != hidden_states.size(4))
     throw Error(str("WanTransformer: hidden_states ", shape_string(hidden_states.sizes()),
                     " is not a multiple of the patch size [", pt, ", ", ph, ", ", pw, "]"));
-  const int64_t L = F * H * W, dim = c.inner_dim(), heads = c.num_attention_heads;
+  // With tensor parallelism this rank computes its share of the heads; the row-parallel
+  // projections (attention output, FFN output) sum the shares over the group.
+  const TensorParallel& tp = options_.tp;
+  const int64_t L = F * H * W, dim = c.inner_dim(), heads = c.num_attention_heads / tp.size;
   const bool per_token = timestep.dim() == 2;
   if (!((timestep.dim() == 1 && timestep.size(0) == B) ||
         (per_token && timestep.size(0) == B && timestep.size(1) == L)))
@@ -553,30 +620,34 @@ at::Tensor WanTransformer::forward(const at::Tensor& hidden_states, const at::Te
 
     // 1. Self-attention on the modulated norm, gated residual in float32.
     at::Tensor normed = modulate(x, part(0), part(1), c.eps);  // [B, L, dim]
-    at::Tensor q = apply_rope(project_q(w.attn1, normed, heads, c.eps), rope_cos, rope_sin);
-    auto [k, v] = project_kv(w.attn1.to_k, w.attn1.to_v, w.attn1.norm_k, normed, heads, c.eps);
+    at::Tensor q =
+        apply_rope(project_q(w.attn1, normed, heads, c.eps, dim, tp), rope_cos, rope_sin);
+    auto [k, v] =
+        project_kv(w.attn1.to_k, w.attn1.to_v, w.attn1.norm_k, normed, heads, c.eps, dim, tp);
     k = apply_rope(k, rope_cos, rope_sin);
-    at::Tensor attn1 = w.attn1.to_out(multi_head_attention(q, k, v));  // [B, L, dim]
+    at::Tensor attn1 =
+        row_parallel(w.attn1.to_out, multi_head_attention(q, k, v), tp);  // [B, L, dim]
     if (first) record("block0_attn1_out", attn1);
     x = (x.to(at::kFloat) + attn1 * part(2)).to(dtype);
 
     // 2. Cross-attention to the text (and image) context, plain residual.
     normed = c.cross_attn_norm ? layer_norm_f32(x, w.norm2_weight, w.norm2_bias, c.eps) : x;
-    q = project_q(w.attn2, normed, heads, c.eps);  // [B, L, H, D]
-    auto [tk, tv] = project_kv(w.attn2.to_k, w.attn2.to_v, w.attn2.norm_k, text, heads, c.eps);
-    at::Tensor cross = multi_head_attention(q, tk, tv);  // [B, L, dim]
+    q = project_q(w.attn2, normed, heads, c.eps, dim, tp);  // [B, L, H, D]
+    auto [tk, tv] =
+        project_kv(w.attn2.to_k, w.attn2.to_v, w.attn2.norm_k, text, heads, c.eps, dim, tp);
+    at::Tensor cross = multi_head_attention(q, tk, tv);  // [B, L, H*D]
     if (image_branch) {
       auto [ik, iv] = project_kv(w.attn2.add_k_proj, w.attn2.add_v_proj, w.attn2.norm_added_k,
-                                 image, heads, c.eps);
+                                 image, heads, c.eps, dim, tp);
       cross = cross + multi_head_attention(q, ik, iv);  // the same query attends to each
     }
-    at::Tensor attn2 = w.attn2.to_out(cross);  // [B, L, dim]
+    at::Tensor attn2 = row_parallel(w.attn2.to_out, cross, tp);  // [B, L, dim]
     if (first) record("block0_attn2_out", attn2);
     x = x + attn2;
 
     // 3. Feed-forward on the modulated norm, gated residual in float32.
     normed = modulate(x, part(3), part(4), c.eps);
-    at::Tensor ffn = w.ffn_out(gelu_tanh(w.ffn_in(normed)));  // [B, L, dim]
+    at::Tensor ffn = row_parallel(w.ffn_out, gelu_tanh(w.ffn_in(normed)), tp);  // [B, L, dim]
     if (first) record("block0_ffn_out", ffn);
     x = (x.to(at::kFloat) + ffn.to(at::kFloat) * part(5)).to(dtype);
     record(str("block", i, "_out"), x);
@@ -623,7 +694,8 @@ void WanTransformer::store_blocks_on(at::Device storage) {
 
 std::vector<ParamSpec> WanTransformer::parameter_specs(const WanTransformerConfig& config) {
   std::vector<ParamSpec> specs;
-  detail::WanWeightSource source{"(parameter list)", [](const std::string&) { return true; }, {}, &specs};
+  detail::WanWeightSource source{
+      "(parameter list)", [](const std::string&) { return true; }, {}, &specs, {}, {}};
   WanTransformer recorded(source, config, LoadOptions{at::kFloat, at::kMeta});
   return specs;
 }

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -79,9 +82,32 @@ at::Tensor load_slice(const WeightFiles& weights, const std::string& name, int64
     const uint8_t* bytes = file.data(info) + size_t(start * row) * dtype_size(info.dtype);
     return convert(view_of(file, info, bytes, shape), dtype, device);
   }
-  // Columns: a strided view of the full tensor, copied so that only the slice stays resident.
-  at::Tensor full = view_of(file, info, file.data(info), info.shape);
-  return convert(full.narrow(1, start, length).contiguous(), dtype, device);
+  // Columns: each row's part read with pread. Reading them through the mapping would fault in
+  // every page of the tensor (a row's part is usually smaller than a page), making the whole
+  // tensor resident in each rank; pread goes through the page cache only.
+  const size_t element = dtype_size(info.dtype);
+  const int64_t rows = info.shape[0], columns = info.shape[1];
+  at::Tensor part = at::empty(shape, at::TensorOptions().dtype(scalar_type_of(info.dtype)));
+  const uint64_t tensor_offset = uint64_t(file.data(info) - file.mapping()->data());
+  const int fd = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(str("cannot open '", file.path(), "' to read a slice of '", name, "'"));
+  uint8_t* out = static_cast<uint8_t*>(part.data_ptr());
+  const size_t row_bytes = size_t(length) * element;
+  for (int64_t r = 0; r < rows; ++r) {
+    uint64_t offset = tensor_offset + (uint64_t(r) * uint64_t(columns) + uint64_t(start)) * element;
+    size_t done = 0;
+    while (done < row_bytes) {
+      const ssize_t got = ::pread(fd, out + done, row_bytes - done, off_t(offset + done));
+      if (got <= 0) {
+        ::close(fd);
+        throw Error(str("cannot read a slice of '", name, "' from '", file.path(), "'"));
+      }
+      done += size_t(got);
+    }
+    out += row_bytes;
+  }
+  ::close(fd);
+  return convert(part, dtype, device);
 }
 
 void expect_shape(const at::Tensor& tensor, const std::string& name,
