@@ -1,12 +1,16 @@
 #include "cli/app.h"
 
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -26,6 +30,9 @@
 #include "plan/plan_json.h"
 #include "render/preview.h"
 #include "render/wan_backend.h"
+#include "models/wan_pipeline.h"
+#include "parallel/communicator.h"
+#include "parallel/groups.h"
 
 extern "C" {
 #include <libavutil/log.h>
@@ -91,16 +98,55 @@ Job job_from_json(const json& j) {
   return job;
 }
 
-std::unique_ptr<render::Backend> make_backend(const Options& options) {
+models::ModelSourceOptions model_source(const Options& options) {
+  models::ModelSourceOptions source;
+  source.cache_dir = options.cache_dir;
+  source.hf_token = options.hf_token;
+  source.local_files_only = options.local_files_only;
+  return source;
+}
+
+// The FLF2V model's folder, or "" with the reason in *why.
+std::string find_flf2v_model(const Options& options, std::string* why) {
+  try {
+    return models::resolve_model(options.flf2v_model, model_source(options));
+  } catch (const InputError& e) {
+    if (why) *why = str("--flf2v-model: ", e.what());
+    return "";
+  }
+}
+
+// Transition methods the backend cannot run on this machine, and why. Checked before
+// planning, so a missing model stops the job before anything renders.
+std::map<std::string, std::string> unavailable_transition_methods(const Options& options) {
+  std::map<std::string, std::string> missing;
+  if (options.backend != "wan") return missing;  // preview draws every method as a morph
+  std::string why;
+  if (find_flf2v_model(options, &why).empty()) missing["flf2v"] = why;
+  if (options.bim_weights.empty())
+    missing["bim"] =
+        "no --bim-weights file is given (convert the official bim_vfi.pth with "
+        "tools/convert_bim_vfi)";
+  else if (!fs::is_regular_file(options.bim_weights))
+    missing["bim"] = str("--bim-weights '", options.bim_weights, "' does not exist");
+  return missing;
+}
+
+// Tensor parallelism: a rank of a group gets the group's communicator and its GPU.
+struct TpSetting {
+  std::shared_ptr<parallel::Communicator> group;
+  int cuda_device = -1;
+};
+
+std::unique_ptr<render::Backend> make_backend(const Options& options, const TpSetting& tp = {}) {
   if (options.backend == "preview") return render::make_preview_backend();
   if (options.backend == "wan") {
     render::WanBackendOptions wan;
-    models::ModelSourceOptions source;
-    source.cache_dir = options.cache_dir;
-    source.hf_token = options.hf_token;
-    source.local_files_only = options.local_files_only;
-    wan.model = models::resolve_model(options.model, source);
+    wan.model = models::resolve_model(options.model, model_source(options));
     wan.model_id = options.model;
+    wan.flf2v_model = find_flf2v_model(options, nullptr);
+    wan.flf2v_model_id = options.flf2v_model;
+    wan.bim_weights = options.bim_weights;
     wan.dtype = options.dtype;
     wan.device = options.device;
     wan.cpu_offload = options.cpu_offload;
@@ -109,9 +155,60 @@ std::unique_ptr<render::Backend> make_backend(const Options& options) {
     wan.guidance_scale = options.guidance_scale;
     wan.guidance_scale_2 = options.guidance_scale_2;
     wan.flow_shift = options.flow_shift;
+    wan.tp_group = tp.group;
+    wan.cuda_device = tp.cuda_device;
     return render::make_wan_backend(wan);
   }
   throw InputError(str("--backend ", options.backend, " is not available in this build"));
+}
+
+// Bytes of the largest transformer of a Diffusers folder (its safetensors files): what
+// --device-map balanced must fit, split over a group, on each GPU.
+double largest_transformer_bytes(const std::string& folder, const std::string& dtype) {
+  double largest = 0;
+  for (const char* name : {"transformer", "transformer_2"}) {
+    std::error_code error;
+    double bytes = 0;
+    for (const auto& entry : fs::directory_iterator(fs::path(folder) / name, error))
+      if (entry.path().extension() == ".safetensors") bytes += double(entry.file_size(error));
+    largest = std::max(largest, bytes);
+  }
+  // Checkpoints are bf16 (2 bytes per weight); fp32 compute doubles it.
+  return dtype == "fp32" ? 2 * largest : largest;
+}
+
+// Every rank, collectively: the tensor-parallel groups of this job (--tp-size, --device-map),
+// checked against the ranks, the GPUs and the model's head and FFN counts before any weight
+// loads. Throws InputError (the same on every rank).
+parallel::TpGroup make_job_groups(const Options& options) {
+  parallel::TpRequest request;
+  const bool wan = options.backend == "wan";
+  request.tp_size = options.tp_size;
+  request.device_map = wan ? options.device_map : "";
+  request.on_gpu = wan && (options.device == "cuda" || (options.device == "auto" && at::hasCUDA()));
+  std::string model;
+  if (wan && (request.tp_size > 1 || !request.device_map.empty()))
+    model = models::resolve_model(options.model, model_source(options));
+  if (request.on_gpu && request.device_map == "balanced") {
+    request.weight_bytes = largest_transformer_bytes(model, options.dtype);
+    size_t free_bytes = 0, total_bytes = 0;
+    int local_rank = 0;
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_free(&node);
+    const int gpus = std::max(1, at::detail::getCUDAHooks().getNumGPUs());
+    double free_gpu = parallel::cuda_memory_info(local_rank % gpus, &free_bytes, &total_bytes)
+                          ? double(free_bytes)
+                          : 0.0;
+    // Every rank decides from the same number: the least free memory of any GPU.
+    MPI_Allreduce(MPI_IN_PLACE, &free_gpu, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+    request.free_gpu_bytes = free_gpu;
+  }
+  const at::Device device = request.on_gpu ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  parallel::TpGroup group = parallel::make_tp_group(request, device);
+  if (group.size > 1) models::check_tensor_parallel(model, group.size);
+  return group;
 }
 
 std::string read_text(const std::string& path) {
@@ -202,7 +299,9 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
     analysis::BeatGrid grid = analysis::analyze(pcm);
     log_info("analysis: ", grid.beats.size(), " beats, ", grid.downbeats.size(), " downbeats, ",
              grid.tempo_bpm, " BPM, ", grid.meter, "/4, ", seconds_since(start), " s");
-    job.timeline = plan::make_timeline(grid, plan_options(options));
+    plan::PlanOptions planning = plan_options(options);
+    planning.unavailable_methods = unavailable_transition_methods(options);
+    job.timeline = plan::make_timeline(grid, planning);
     if (job.timeline.used_fallback)
       log_warn("no beat reaches --peak-thresh ", options.peak_thresh,
                " (the song has no clear accents): peak clips go on the strongest downbeats (",
@@ -217,15 +316,19 @@ Job prepare(int argc, char** argv, SetupStatus* status) {
     farm::write_file_atomically(job.work.plan_json(), plan_file.dump(1) + "\n");
   }
   const plan::Timeline& t = job.timeline;
-  int peaks = 0, flf2v = 0, bim = 0;
+  int peaks = 0, flf2v = 0, bim = 0, flow = 0;
   for (const plan::Task& task : t.tasks) {
     peaks += task.kind == plan::TaskKind::Peak;
     flf2v += task.method == "flf2v";
     bim += task.method == "bim";
+    flow += task.method == "flow";
   }
   log_info("plan: ", t.total_frames, " frames at ", t.options.fps, " fps, ", t.slots.size(),
            " peak slots, ", t.tasks.size(), " tasks (", peaks, " peak, ", flf2v, " flf2v, ", bim,
-           " interpolated)");
+           " bim, ", flow, " flow)");
+  if (flow > 0 && options.backend == "wan")
+    for (const auto& [method, why] : unavailable_transition_methods(options))
+      log_warn(method, " cannot run here (", why, "): --fallback-interp interpolates its gaps");
 
   // Resume: what is on disk and valid is kept; anything else is rendered again.
   job.already_done.assign(t.tasks.size(), false);
@@ -314,8 +417,35 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
   // Phase 2: every rank renders.
   farm::FarmResult farm_result;
   double render_seconds = 0.0;
+  // Tensor-parallel groups; their communicators go before MPI does.
+  struct GroupGuard {
+    parallel::TpGroup group;
+    ~GroupGuard() { parallel::free_tp_group(group); }
+  } groups;
+  const parallel::TpGroup& tp_group = groups.group;
   try {
     if (world.rank != 0) job = job_from_json(json::parse(payload));
+    std::string group_error;
+    try {
+      groups.group = make_job_groups(job.options);
+    } catch (const InputError& e) {
+      group_error = e.what();
+    }
+    // Ranks decide alike, but a model file missing on one node must not leave the others
+    // loading: all stop here, before any weight is loaded, if any rank refused.
+    // The lowest rank that refused says why (once, not once per rank).
+    int first_refusing = group_error.empty() ? world.size : world.rank;
+    MPI_Allreduce(MPI_IN_PLACE, &first_refusing, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (first_refusing < world.size) {
+      if (world.rank == first_refusing) log_error(group_error);
+      if (world.rank == 0) {
+        if (first_refusing != 0)
+          log_error("rank ", first_refusing, " refused the tensor-parallel setup (see its log)");
+        if (job.lock) job.lock->release();
+      }
+      farm::barrier_politely(MPI_COMM_WORLD);
+      return kExitBadInput;
+    }
     // Ranks that do not see rank 0's work dir render into node-local scratch and send
     // their task files to rank 0 (--gather).
     farm::FarmOptions farm_options;
@@ -346,7 +476,18 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
     log_info("rank ", world.rank, "/", world.size, " on ", world.host, " (node rank ",
              world.local_rank, "/", world.local_size, ", pid ", getpid(), ", ", threads,
              " compute threads)");
-    auto backend = make_backend(job.options);
+    TpSetting tp;
+    if (tp_group.size > 1) {
+      tp.group = tp_group.tensors;
+      tp.cuda_device = tp_group.cuda_device;
+      farm_options.leaders = tp_group.leaders;
+      farm_options.group = tp_group.comm;
+      if (world.rank == 0)
+        log_info("tensor parallelism: ", tp_group.groups, " group(s) of ", tp_group.size,
+                 " ranks (", tp_group.tensors->backend(), "); rank 0 hands tasks to ranks 0, ",
+                 tp_group.size, ", ...; only they write task files");
+    }
+    auto backend = make_backend(job.options, tp);
     const auto render_start = Clock::now();
     farm_result =
         farm::run_farm(world, job.timeline, job.work, *backend, job.already_done, farm_options);

@@ -139,6 +139,13 @@ const std::vector<OptionSpec>& option_table() {
        BF_INT("max-flf2v-count", max_flf2v_count)},
       {"flf2v-model", "Interpolation", "Wan first-last-frame model id or local folder", false,
        BF_STRING(flf2v_model)},
+      {"bim-weights", "Interpolation",
+       "BiM-VFI weights: the official bim_vfi.pth converted by tools/convert_bim_vfi", false,
+       BF_STRING(bim_weights)},
+      {"fallback-interp", "Interpolation",
+       "when FLF2V or BiM-VFI weights are missing, interpolate those gaps with the next method "
+       "that can run (BiM-VFI, else the weight-free optical-flow interpolator)",
+       true, BF_BOOL("fallback-interp", fallback_interp)},
 
       {"prompt-style", "Prompts",
        "abstract|nature|cosmic|urban|fantasy|particle (or a style of --styles)", false,
@@ -166,6 +173,9 @@ const std::vector<OptionSpec>& option_table() {
       {"device-map", "Performance",
        "auto|balanced: split models tensor-parallel over a group of ranks", false,
        BF_ENUM("device-map", device_map, "", "none", "auto", "balanced")},
+      {"tp-size", "Performance",
+       "ranks per tensor-parallel group (overrides --device-map; 0: from --device-map, else 1)",
+       false, BF_INT("tp-size", tp_size)},
       {"hf-token", "Performance", "Hugging Face token (only shown in download hints, never logged)",
        false, BF_STRING(hf_token)},
       {"cache-dir", "Performance", "Hugging Face cache directory", false, BF_STRING(cache_dir)},
@@ -430,6 +440,11 @@ void validate_options(Options& o) {
     throw InputError(str("--peak-thresh ", o.peak_thresh, " must be within 0..1"));
   if (o.crf < 0 || o.crf > 51) throw InputError(str("--crf ", o.crf, " must be within 0..51"));
   if (o.threads < 0) throw InputError(str("--threads ", o.threads, " must not be negative"));
+  if (o.tp_size < 0) throw InputError(str("--tp-size ", o.tp_size, " must not be negative"));
+  // The preview backend has nothing to split: a group would only idle.
+  if (o.tp_size > 1 && o.backend != "wan")
+    throw InputError(str("--tp-size ", o.tp_size, " needs --backend wan (the ", o.backend,
+                         " backend has no model to split)"));
   if (!(o.stop_timeout >= 0))
     throw InputError(str("--stop-timeout ", o.stop_timeout, " must not be negative"));
   if (o.max_retries < 0)
@@ -500,6 +515,7 @@ plan::PlanOptions plan_options(const Options& o) {
   p.interpolation_mode = o.interpolation_mode;
   p.hybrid_threshold = o.hybrid_threshold;
   p.max_flf2v_count = o.max_flf2v_count;
+  p.fallback_interp = o.fallback_interp;
   p.style = o.prompt_style;
   p.peak_prompt = o.peak_prompt.empty() ? style.peak : o.peak_prompt;
   p.transition_prompt = o.transition_prompt.empty() ? style.transition : o.transition_prompt;
@@ -520,6 +536,8 @@ std::map<std::string, std::string> job_defining_values(const Options& o) {
                                 "backend",
                                 "model",
                                 "flf2v-model",
+                                "bim-weights",
+                                "fallback-interp",
                                 "num-peak-clips",
                                 "batch-size",
                                 "peak-len",

@@ -29,6 +29,8 @@ struct Options {
   double hybrid_threshold = 1.5;
   int max_flf2v_count = -1;
   std::string flf2v_model = "Wan-AI/Wan2.1-FLF2V-14B-720P-Diffusers";
+  std::string bim_weights;       // BiM-VFI weights (safetensors from tools/convert_bim_vfi)
+  bool fallback_interp = false;  // a method without weights falls back to interpolation
   // Prompts
   std::string prompt_style = "abstract";
   std::string peak_prompt;
@@ -43,6 +45,7 @@ struct Options {
   // Performance
   std::string cpu_offload = "model";
   std::string device_map;  // "" (single device) | "auto" | "balanced"
+  int tp_size = 0;         // ranks per tensor-parallel group; 0: from device_map (else 1)
   std::string hf_token;
   std::string cache_dir;
   bool local_files_only = false;

@@ -21,6 +21,27 @@ double method_cost(const std::string& method) {
   return 0.05;  // interpolation is cheap next to diffusion
 }
 
+// A gap routed to a method that cannot run here: the next of flf2v -> bim -> flow that can,
+// when the user asked for it (--fallback-interp); otherwise an error naming the reason.
+void substitute_method(Task& task, const PlanOptions& options) {
+  static const char* const kChain[] = {"flf2v", "bim", "flow"};
+  auto missing = options.unavailable_methods.find(task.method);
+  if (missing == options.unavailable_methods.end()) return;
+  if (!options.fallback_interp)
+    throw InputError(str(task.name, " is routed to ", task.method, " but ", missing->second,
+                         "; pass --fallback-interp to interpolate such gaps instead, or choose "
+                         "another --interpolation-mode"));
+  bool after = false;
+  for (const char* method : kChain) {
+    if (after && !options.unavailable_methods.count(method)) {
+      task.method = method;
+      return;
+    }
+    after = after || task.method == method;
+  }
+  throw InputError(str(task.name, ": no transition method can run here (", missing->second, ")"));
+}
+
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -214,8 +235,7 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
     clip_frames = std::max(clip_frames, slot.end_frame - slot.start_frame);
   const double pixels = double(options.width) * options.height;
   auto render_count = [&](int frames, const std::string& method) {
-    bool generated = method == "t2v" || method == "flf2v";
-    return options.frames_4k_plus_1 && generated ? next_4k_plus_1(frames) : frames;
+    return options.frames_4k_plus_1 && method == "t2v" ? next_4k_plus_1(frames) : frames;
   };
 
   std::vector<Task>& tasks = timeline.tasks;
@@ -391,6 +411,7 @@ Timeline make_timeline(const analysis::BeatGrid& grid, const PlanOptions& option
     for (size_t k = size_t(options.max_flf2v_count); k < flf2v.size(); ++k)
       tasks[gap_tasks[flf2v[k]]].method = "bim";
   }
+  for (int id : gap_tasks) substitute_method(tasks[id], options);
   for (int id : gap_tasks) {
     Task& task = tasks[id];
     task.render_frames = render_count(task.frames, task.method);

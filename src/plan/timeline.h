@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,7 @@ struct Task {
                           //   4k+1 for Wan); assembly trims or retimes them
   double t_start = 0.0;   // seconds, song clock: the span the task covers on the timeline
   double t_end = 0.0;     //   (a pool peak clip: its first placement)
-  std::string method;     // "t2v" | "flf2v" | "bim"
+  std::string method;     // "t2v" | "flf2v" | "bim" | "flow" (weight-free interpolation)
   std::string prompt;
   std::string negative_prompt;
   uint64_t seed = 0;
@@ -95,12 +96,18 @@ struct PlanOptions {
   std::string interpolation_mode = "hybrid";  // "hybrid" | "flf2v" | "bim"
   double hybrid_threshold = 1.5;
   int max_flf2v_count = -1;
+  // Transition methods the backend cannot run here, with the reason (the model or weights are
+  // missing). A gap routed to one is an InputError naming it, unless fallback_interp: then it
+  // goes to the next method of flf2v -> bim -> flow that can run (flow needs no weights).
+  std::map<std::string, std::string> unavailable_methods;
+  bool fallback_interp = false;
   std::string style = "abstract";
   std::string peak_prompt;
   std::string transition_prompt;
   std::string negative_prompt;
   uint64_t seed = 42;
-  // Frame counts a generator can produce: 4k+1 for Wan, any for preview.
+  // Peak frame counts a generator can produce: 4k+1 for Wan, any for preview. (FLF2V
+  // transitions hold exactly their gap: the renderer generates 4k+1 and retimes.)
   bool frames_4k_plus_1 = false;
 };
 

@@ -9,7 +9,9 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "models/wan_pipeline.h"
-#include "render/preview.h"
+#include "interp/bim_vfi.h"
+#include "interp/flow_interp.h"
+#include "render/flf2v_transition.h"
 
 namespace beatfarm::render {
 namespace {
@@ -27,7 +29,7 @@ at::Device pick_device(const std::string& name) {
 class WanBackend : public Backend {
  public:
   explicit WanBackend(const WanBackendOptions& options)
-      : options_(options), interpolator_(make_preview_backend()) {
+      : options_(options) {
     models::WanPipelineOptions pipeline;
     if (options.dtype == "bf16")
       pipeline.dtype = at::kBFloat16;
@@ -36,8 +38,12 @@ class WanBackend : public Backend {
     else
       throw InputError(str("--dtype '", options.dtype, "' is not one of bf16|fp32"));
     pipeline.device = pick_device(options.device);
+    if (pipeline.device.is_cuda() && options.cuda_device >= 0)
+      pipeline.device = at::Device(at::kCUDA, at::DeviceIndex(options.cuda_device));
+    pipeline.tp = models::tensor_parallel(options.tp_group);
     pipeline.offload = models::offload_from_string(options.cpu_offload);
     pipeline.text_encoder_on_cpu = options.text_encoder_cpu;
+    pipeline_options_ = pipeline;
     const auto start = std::chrono::steady_clock::now();
     pipeline_ = std::make_unique<models::WanT2VPipeline>(
         models::WanT2VPipeline::load(options.model, pipeline));
@@ -50,7 +56,11 @@ class WanBackend : public Backend {
     params_.flow_shift = options.flow_shift;
     params_ = pipeline_->with_defaults(params_);
     log_info("wan: loaded ", options.model_id, " on ", pipeline.device.str(), " (", options.dtype,
-             ", offload ", options.cpu_offload, ") in ",
+             ", offload ", options.cpu_offload,
+             pipeline.tp.active() ? str(", tensor-parallel rank ", pipeline.tp.rank, " of ",
+                                        pipeline.tp.size)
+                                  : std::string(),
+             ") in ",
              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
              " s; ", params_.steps, " steps, guidance ", params_.guidance_scale);
   }
@@ -69,17 +79,48 @@ class WanBackend : public Backend {
     return generate(request, request.clip_seeds, progress);
   }
 
-  // FLF2V and BiM-VFI transitions are not part of this build: the gaps are filled by the
-  // weight-free morph between the real boundary frames, and the log says so.
+  // Transitions by their planned method; each model is loaded on first use (peaks are
+  // dispatched first, so a rank loads the FLF2V model once it is done with T2V).
   FrameStack render_transition(const TransitionRequest& request,
                                const ProgressFn& progress) override {
-    if (!warned_) {
-      log_warn("wan: ", request.method,
-               " transitions are not in this build yet; gaps are morphs "
-               "between the Wan boundary frames");
-      warned_ = true;
+    if (request.method == "flf2v") {
+      if (!flf2v_) {
+        if (options_.flf2v_model.empty())
+          throw InputError(str(request.name, ": --flf2v-model '", options_.flf2v_model_id,
+                               "' is not available"));
+        Flf2vTransitionOptions transition;
+        transition.steps = options_.steps;
+        transition.guidance_scale = options_.guidance_scale;
+        transition.flow_shift = options_.flow_shift;
+        const auto start = std::chrono::steady_clock::now();
+        flf2v_ = std::make_unique<Flf2vTransition>(
+            Flf2vTransition::load(options_.flf2v_model, pipeline_options_, transition));
+        log_info("wan: loaded ", options_.flf2v_model_id, " (FLF2V) in ",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                 " s");
+      }
+      return flf2v_->render(request.from, request.to, request.frames, request.prompt,
+                            request.negative_prompt, request.seed, progress);
     }
-    return interpolator_->render_transition(request, progress);
+    if (request.method == "bim") {
+      if (!bim_) {
+        if (options_.bim_weights.empty())
+          throw InputError(str(request.name, ": BiM-VFI needs --bim-weights"));
+        bim_ = std::make_unique<interp::BimVfi>(
+            interp::BimVfi::load(options_.bim_weights, pipeline_options_.device));
+        log_info("wan: loaded BiM-VFI from ", options_.bim_weights);
+      }
+      FrameStack frames = bim_->between(request.from, request.to, request.frames);
+      if (progress) progress(request.frames, request.frames, 0.0);
+      return frames;
+    }
+    if (request.method == "flow") {
+      FrameStack frames = interp::interpolate_flow(request.from, request.to, request.frames);
+      if (progress) progress(request.frames, request.frames, 0.0);
+      return frames;
+    }
+    throw Error(str(request.name, ": the wan backend has no transition method '", request.method,
+                    "'"));
   }
 
  private:
@@ -126,10 +167,11 @@ class WanBackend : public Backend {
 
   WanBackendOptions options_;
   std::unique_ptr<models::WanT2VPipeline> pipeline_;
-  std::unique_ptr<Backend> interpolator_;
+  models::WanPipelineOptions pipeline_options_;
+  std::unique_ptr<Flf2vTransition> flf2v_;
+  std::unique_ptr<interp::BimVfi> bim_;
   models::GenerationParams params_;
   std::map<std::string, at::Tensor> embeddings_;
-  bool warned_ = false;
 };
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "store/task_file.h"
@@ -41,7 +42,9 @@ std::string wan_args(const test::TempDir& dir, const std::string& model, const s
                      const std::string& extra = "") {
   return "--backend wan --model " + model + " --audio " + kExample + " --audio-end 8 --output " +
          dir.file(name + ".mp4") + " --work-dir " + dir.file(name) +
-         " --width 64 --height 48 --steps 3 --num-peak-clips 3 --dtype fp32 --threads 1 " + extra;
+         " --width 64 --height 48 --steps 3 --num-peak-clips 3 --dtype fp32 --threads 1 "
+         "--fallback-interp " +
+         extra;
 }
 
 TEST(WanE2E, TwoRanksRenderPeaksWithTheTinyModel) {
@@ -109,6 +112,39 @@ TEST(WanE2E, BatchSizeGeneratesSeveralClipsPerForward) {
   EXPECT_EQ((per_clip - 1) % 4, 0);
   EXPECT_EQ(store::read_frames_shape(dir.file("job/peak_0000.h5")).count, 2 * per_clip);
   EXPECT_EQ(video::probe_media(dir.file("job.mp4")).video_frames, 128);
+}
+
+TEST(WanE2E, FourRanksAsTwoTensorParallelGroups) {
+  test::TempDir dir("bf_wan_tp");
+  std::string folder = dir.file("tiny6");
+  std::string log;
+  // 6 heads so that the model splits over 2 (and 3) ranks.
+  ASSERT_EQ(test::run_command(std::string(BEATFARM_MAKE_TINY_WAN) + " --output " + folder +
+                                  " --heads 6 --head-dim 8 --ffn-dim 96",
+                              &log),
+            0)
+      << log;
+  ASSERT_EQ(run_job(4, wan_args(dir, folder, "tp", "--tp-size 2"), &log), 0) << log;
+  std::ifstream in(dir.file("tp/report.json"));
+  json report = json::parse(in);
+  std::set<int> ranks;
+  for (const json& task : report.at("tasks")) ranks.insert(task.at("rank").get<int>());
+  // Only the group leaders (world ranks 0 and 2) render tasks and write their files.
+  for (int rank : ranks) EXPECT_TRUE(rank == 0 || rank == 2) << rank;
+  EXPECT_EQ(ranks.size(), 2u) << "both groups rendered";
+
+  // The sharded model renders what one rank renders (up to rounding to uint8).
+  ASSERT_EQ(run_job(1, wan_args(dir, folder, "one"), &log), 0) << log;
+  FrameStack sharded = video::read_video_frames(dir.file("tp.mp4"));
+  FrameStack single = video::read_video_frames(dir.file("one.mp4"));
+  ASSERT_EQ(sharded.rgb.size(), single.rgb.size());
+  double diff = 0.0;
+  for (size_t i = 0; i < single.rgb.size(); ++i) diff += std::abs(int(sharded.rgb[i]) - int(single.rgb[i]));
+  EXPECT_LT(diff / double(single.rgb.size()), 0.5);
+
+  // A size that does not divide the heads is refused before loading.
+  EXPECT_EQ(run_job(4, wan_args(dir, folder, "bad", "--tp-size 4"), &log), 2) << log;
+  EXPECT_NE(log.find("not divisible by the tensor-parallel size 4"), std::string::npos) << log;
 }
 
 TEST(WanE2E, AMissingModelFailsBeforeRenderingWithTheDownloadHint) {

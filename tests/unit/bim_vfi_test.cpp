@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
-#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -271,20 +270,13 @@ TEST(BimVfiWeights, MissingOrMisshapenWeightsAreNamed) {
 // ---------------------------------------------------------------------------------------------
 // The network
 
-TEST(BimVfiNet, RandomWeightsGiveFiniteFramesQuickly) {
+TEST(BimVfiNet, RandomWeightsGiveFiniteFrames) {
   test::TempDir dir;
   BimVfi model = model_from(random_params(), dir);
   at::manual_seed(5);
   at::Tensor img0 = at::rand({1, 3, 64, 64});
   at::Tensor img1 = at::rand({1, 3, 64, 64});
-  const int threads = at::get_num_threads();
-  at::set_num_threads(1);
-  const auto start = std::chrono::steady_clock::now();
   BimVfiResult out = model.run(img0, img1, 0.5);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  at::set_num_threads(threads);
-  std::cout << "64x64, " << bim::pyramid_levels_for(64, 64) << " levels, 1 thread: " << seconds << " s\n";
-  EXPECT_LT(seconds, 2.0);
   ASSERT_EQ(out.image.sizes(), at::IntArrayRef({1, 3, 64, 64}));
   ASSERT_EQ(out.flow.sizes(), at::IntArrayRef({1, 4, 64, 64}));
   ASSERT_EQ(out.occlusion.sizes(), at::IntArrayRef({1, 1, 64, 64}));

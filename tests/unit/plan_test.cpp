@@ -191,6 +191,48 @@ TEST(Plan, HybridRoutingAndFlf2vCap) {
   }
 }
 
+TEST(Plan, MissingTransitionWeightsAreAnErrorUnlessFallbackIsAsked) {
+  analysis::BeatGrid grid;
+  for (double b : {1.0, 3.0, 7.0, 9.5, 15.0}) {
+    grid.beats.push_back(b);
+    grid.positions.push_back(1);
+    grid.strengths.push_back(1.0);
+    grid.downbeats.push_back(b);
+  }
+  grid.tempo_bpm = 120;
+  PlanOptions o = options_for(0.0, 20.0);
+  o.unavailable_methods["flf2v"] = "--flf2v-model: not in the cache";
+  try {
+    make_timeline(grid, o);
+    FAIL() << "a gap routed to a missing FLF2V model must be refused";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("transition_0001 is routed to flf2v"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("not in the cache"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("--fallback-interp"), std::string::npos);
+  }
+  // Only short gaps (all bim) need nothing missing: no error.
+  o.interpolation_mode = "bim";
+  EXPECT_NO_THROW(make_timeline(grid, o));
+
+  o.interpolation_mode = "hybrid";
+  o.fallback_interp = true;
+  std::vector<std::string> methods;
+  for (const Task& task : make_timeline(grid, o).tasks)
+    if (task.kind != TaskKind::Peak) methods.push_back(task.method);
+  EXPECT_EQ(methods, (std::vector<std::string>{"bim", "bim", "bim", "bim", "bim"}));
+
+  o.unavailable_methods["bim"] = "no --bim-weights";
+  methods.clear();
+  for (const Task& task : make_timeline(grid, o).tasks)
+    if (task.kind != TaskKind::Peak) methods.push_back(task.method);
+  EXPECT_EQ(methods, (std::vector<std::string>{"flow", "flow", "flow", "flow", "flow"}));
+
+  o.fallback_interp = false;
+  o.interpolation_mode = "bim";
+  EXPECT_THROW(make_timeline(grid, o), InputError);
+}
+
 TEST(Plan, PerClipPoolIsSeededAndVaried) {
   analysis::BeatGrid grid = regular_grid(0.25, 0.5, 60.0);
   PlanOptions o = options_for(0.0, 60.0);
@@ -285,10 +327,20 @@ TEST(Plan, WanFrameCountsAre4kPlus1ForGeneratedTasks) {
   o.frames_4k_plus_1 = true;
   o.interpolation_mode = "flf2v";
   Timeline t = make_timeline(grid, o);
+  int peaks_not_4k_plus_1 = 0;
   for (const Task& task : t.tasks) {
-    EXPECT_EQ((task.render_frames - 1) % 4, 0) << task.name;
-    EXPECT_GE(task.render_frames, task.frames);
+    if (task.kind == TaskKind::Peak) {
+      EXPECT_EQ((task.render_frames - 1) % 4, 0) << task.name;
+      EXPECT_GE(task.render_frames, task.frames);
+      peaks_not_4k_plus_1 += (task.frames - 1) % 4 != 0;
+    } else {
+      // FLF2V generates 4k+1 frames with both boundary frames and retimes them to the gap
+      // itself, so the task file holds exactly the gap.
+      EXPECT_EQ(task.method, "flf2v");
+      EXPECT_EQ(task.render_frames, task.frames) << task.name;
+    }
   }
+  EXPECT_GT(peaks_not_4k_plus_1, 0);  // 1.5 s at 16 fps = 24 frames: rendered as 25
   // Retiming a longer render keeps the sequence inside it and in order.
   for (const Segment& s : t.segments) {
     const Task& task = t.tasks[s.task];
