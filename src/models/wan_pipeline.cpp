@@ -248,7 +248,9 @@ at::Tensor WanT2VPipeline::generate(const at::Tensor& prompt_embeds,
 
   at::Tensor z = vae_->denormalize_latents(latents);  // latents / (1 / std) + mean
   if (vae_decode_input) *vae_decode_input = z.detach().to(at::kCPU);
-  return vae_->decode(z);  // [B, 3, F, H, W] in [-1, 1], float32
+  // [B, 3, F, H, W] in [-1, 1], float32; the tiled decode is split over the tensor-parallel group.
+  if (options_.vae_tiling) return vae_->decode_tiled(z, *options_.vae_tiling, options_.tp);
+  return vae_->decode(z);
 }
 
 at::Tensor video_to_frames(const at::Tensor& video) {

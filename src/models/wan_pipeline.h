@@ -38,6 +38,9 @@ struct WanPipelineOptions {
   // (heads and FFN columns); the VAE is replicated. Every rank of the group loads its slices
   // and runs generate() with the same inputs.
   TensorParallel tp;
+  // Decode in overlapping spatial tiles (WanVae::decode_tiled; slightly different from the whole
+  // decode at the seams): less memory, and a tensor-parallel group splits the tiles.
+  std::optional<WanVaeTiling> vae_tiling;
 };
 
 // Checks, from the config files alone (before any weight is read), that the transformer(s)

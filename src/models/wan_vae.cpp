@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "models/torch_compat.h"
 #include "models/weights.h"
+#include "parallel/communicator.h"
 
 namespace beatfarm::models {
 namespace {
@@ -851,7 +852,8 @@ at::Tensor WanVae::decode(const at::Tensor& latents, WanVaeIntermediates* interm
   return m.finish(m.decode_frames(z, intermediates));
 }
 
-at::Tensor WanVae::decode_tiled(const at::Tensor& latents, const WanVaeTiling& tiling) const {
+at::Tensor WanVae::decode_tiled(const at::Tensor& latents, const WanVaeTiling& tiling,
+                                const TensorParallel& tp, int64_t* tiles_decoded) const {
   const Impl& m = *impl_;
   // Diffusers divides by scale_factor_spatial, which equals this for the Wan configs.
   const int64_t ratio = m.spatial_ratio;
@@ -874,14 +876,52 @@ at::Tensor WanVae::decode_tiled(const at::Tensor& latents, const WanVaeTiling& t
   const int64_t out_step_w = tiling.sample_stride_width / p;
   const int64_t blend_h = tiling.sample_min_height / p - out_step_h;
   const int64_t blend_w = tiling.sample_min_width / p - out_step_w;
+  const int64_t rows_count = (height + step_h - 1) / step_h;
+  const int64_t columns = (width + step_w - 1) / step_w;
+  const int64_t tiles = rows_count * columns;  // row-major: tile k is at (k / columns, k % columns)
+
+  int64_t decoded_here = 0;
+  auto decode_tile = [&](int64_t k) {
+    ++decoded_here;
+    const int64_t i = k / columns * step_h, j = k % columns * step_w;
+    at::Tensor tile_z = z.slice(3, i, i + tile_h).slice(4, j, j + tile_w);
+    return m.decode_frames(m.post_quant_conv(tile_z), nullptr);  // [B, C, F, th, tw]
+  };
+  // Split over the group: round r holds tiles [r * size, (r + 1) * size), tile k decoded by
+  // rank k % size. Each rank sends its tile zero-padded to the largest tile size (an edge tile is
+  // smaller; a rank without a tile in the last round sends only zeros).
+  const bool split = tp.active() && tiles > 1;
+  if (split && !tp.comm) throw Error("VAE tiled decode: a tensor-parallel group without comm");
+  const int64_t out_scale = ratio / p;  // decoded (patch-space) pixels per latent pixel
+  // [B, C, F, TH, TW]: what each rank sends per round.
+  const std::vector<int64_t> padded_shape{
+      z.size(0), m.config.out_channels, 1 + (z.size(2) - 1) * m.temporal_ratio,
+      std::min(tile_h, height) * out_scale, std::min(tile_w, width) * out_scale};
+  at::Tensor round;  // [size, B, C, F, TH, TW]: the gathered tiles of the current round
+  int64_t round_first = -1;
+  auto tile_at = [&](int64_t k) -> at::Tensor {
+    if (!split) return decode_tile(k);
+    const int64_t first = k - k % tp.size;
+    if (first != round_first) {
+      at::Tensor mine = at::zeros(padded_shape, z.options());  // [B, C, F, TH, TW]
+      if (first + tp.rank < tiles) {
+        const at::Tensor tile = decode_tile(first + tp.rank);
+        mine.slice(3, 0, tile.size(3)).slice(4, 0, tile.size(4)).copy_(tile);
+      }
+      round = tp.comm->all_gather(mine.unsqueeze(0), 0);  // [size, B, C, F, TH, TW]
+      round_first = first;
+    }
+    const int64_t th = std::min(tile_h, height - k / columns * step_h) * out_scale;
+    const int64_t tw = std::min(tile_w, width - k % columns * step_w) * out_scale;
+    return round[k - first].slice(3, 0, th).slice(4, 0, tw);  // [B, C, F, th, tw]
+  };
 
   std::vector<at::Tensor> above;  // the previous row's tiles, already blended (as Diffusers)
   std::vector<at::Tensor> rows;
-  for (int64_t i = 0; i < height; i += step_h) {
+  for (int64_t row_index = 0; row_index < rows_count; ++row_index) {
     std::vector<at::Tensor> row, pieces;
-    for (int64_t j = 0; j < width; j += step_w) {
-      at::Tensor tile_z = z.slice(3, i, i + tile_h).slice(4, j, j + tile_w);
-      at::Tensor tile = m.decode_frames(m.post_quant_conv(tile_z), nullptr);  // [B, C, F, th, tw]
+    for (int64_t column = 0; column < columns; ++column) {
+      at::Tensor tile = tile_at(row_index * columns + column);  // [B, C, F, th, tw]
       if (!above.empty()) blend(above[row.size()], tile, 3, blend_h);
       if (!row.empty()) blend(row.back(), tile, 4, blend_w);
       pieces.push_back(tile.slice(3, 0, out_step_h).slice(4, 0, out_step_w));
@@ -891,6 +931,7 @@ at::Tensor WanVae::decode_tiled(const at::Tensor& latents, const WanVaeTiling& t
     above = std::move(row);
   }
   above.clear();
+  if (tiles_decoded) *tiles_decoded = decoded_here;
   at::Tensor decoded = at::cat(rows, 3);  // [B, C, F, >= H/p, >= W/p]
   rows.clear();
   decoded = decoded.slice(3, 0, height * ratio / p).slice(4, 0, width * ratio / p);

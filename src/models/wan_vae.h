@@ -86,7 +86,13 @@ class WanVae {
   // decode() of overlapping spatial tiles (each with its own causal time cache), blended
   // linearly over the overlaps (Diffusers' tiled_decode). Tile sizes must be multiples of
   // scale_factor_spatial with stride <= size.
-  at::Tensor decode_tiled(const at::Tensor& latents, const WanVaeTiling& tiling = {}) const;
+  // With an active `tp` group (every rank calls with the same latents) the tiles are dealt
+  // round-robin in row-major order: each rank decodes only its own (all frames of a tile), an
+  // all_gather per round of `tp.size` tiles hands every rank all of them, and every rank blends
+  // them exactly as one rank would, so the result is the single-rank one on every rank.
+  // `tiles_decoded` (optional) receives how many tiles this rank decoded.
+  at::Tensor decode_tiled(const at::Tensor& latents, const WanVaeTiling& tiling = {},
+                          const TensorParallel& tp = {}, int64_t* tiles_decoded = nullptr) const;
 
   // Pipelines' latent normalisation: (x - mean) * (1 / std) and its inverse
   // x / (1 / std) + mean (division by the reciprocal, as Diffusers writes it). float32.

@@ -17,6 +17,7 @@
 #include "models/umt5.h"
 #include "models/wan_pipeline.h"
 #include "models/wan_transformer.h"
+#include "models/wan_vae.h"
 #include "models/weights.h"
 #include "parallel/communicator.h"
 #include "parallel/groups.h"
@@ -230,6 +231,75 @@ TEST(TensorParallel, TinyTextToVideoGenerationMatchesOneRank) {
                                              prompt_sharded.narrow(0, 1, 1), latents, params);
   EXPECT_EQ(actual.sizes(), (at::IntArrayRef{1, 3, 5, 32, 32}));
   EXPECT_LE(max_difference(actual, expected), kTolerance);
+}
+
+// ---------------------------------------------------------------------------------------------
+// VAE: replicated weights, tiled decode split over the group
+
+TEST(TensorParallel, SplitTiledVaeDecodeMatchesOneRank) {
+  const std::string folder = std::string(BEATFARM_TEST_DATA_DIR) + "/golden/vae";
+  models::WanVaeConfig config = models::WanVaeConfig::from_file(folder + "/config.json");
+  config.clip_output = false;  // compare the blended values themselves, not clamped ones
+  const models::WanVae vae(models::WeightFiles::open(folder), config, models::LoadOptions{});
+  auto comm = world_communicator();
+  const int n = comm->size(), r = comm->rank();
+  const models::TensorParallel tp = models::tensor_parallel(comm);
+  at::Generator generator = at::detail::createCPUGenerator(29);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor latents = at::randn({1, 16, 3, 5, 9}, generator, f32);  // [B, z, f, h, w]
+
+  // 24 px tiles every 16 px (3 latents every 2): 3 rows x 5 columns, the last row and column
+  // cropped; 15 tiles leave the last round of 2 ranks one short.
+  const models::WanVaeTiling small{24, 24, 16, 16};
+  const int64_t tiles = 15;
+  int64_t whole_count = 0, split_count = 0;
+  const at::Tensor expected = vae.decode_tiled(latents, small, {}, &whole_count);
+  const at::Tensor actual = vae.decode_tiled(latents, small, tp, &split_count);
+  EXPECT_EQ(whole_count, tiles);
+  EXPECT_EQ(split_count, (tiles - r + n - 1) / n);  // tiles r, r + n, r + 2n, ...
+  EXPECT_EQ(actual.sizes(), (at::IntArrayRef{1, 3, 9, 40, 72}));
+  EXPECT_LE(max_difference(actual, expected), kTolerance);
+  EXPECT_GT(expected.abs().max().item<double>(), 0.1);  // not a degenerate output
+
+  // One tile (the default 256 px covers 40x72): no split, every rank decodes it whole.
+  int64_t one_count = 0;
+  EXPECT_TRUE(at::equal(vae.decode_tiled(latents, {}, tp, &one_count), vae.decode(latents)));
+  EXPECT_EQ(one_count, 1);
+}
+
+TEST(TensorParallel, TinyGenerationWithSplitTiledDecodeMatchesOneRank) {
+  test::SharedDir dir;
+  const std::string folder = dir.file("tiny");
+  if (test::world().rank == 0) test::make_tiny_tp_model(folder, "wan2.1");
+  MPI_Barrier(MPI_COMM_WORLD);
+
+  models::WanPipelineOptions options;
+  options.dtype = at::kFloat;
+  options.offload = models::Offload::None;
+  options.vae_tiling = models::WanVaeTiling{16, 16, 8, 8};  // 2-latent tiles every latent: 4x4
+  models::WanT2VPipeline whole = models::WanT2VPipeline::load(folder, options);
+  options.tp = models::tensor_parallel(world_communicator());
+  models::WanT2VPipeline sharded = models::WanT2VPipeline::load(folder, options);
+
+  models::GenerationParams params;
+  params.num_frames = 5;
+  params.height = 32;
+  params.width = 32;
+  params.steps = 2;
+  params.guidance_scale = 3.0;
+  const at::Tensor prompt_whole = whole.encode_prompts({"a red fox in the snow", ""});
+  const at::Tensor prompt_sharded = sharded.encode_prompts({"a red fox in the snow", ""});
+  const at::Tensor latents = whole.initial_latents(1, params, 9);
+  at::Tensor decode_input;
+  const at::Tensor expected =
+      whole.generate(prompt_whole.narrow(0, 0, 1), prompt_whole.narrow(0, 1, 1), latents, params,
+                     {}, nullptr, &decode_input);
+  const at::Tensor actual = sharded.generate(prompt_sharded.narrow(0, 0, 1),
+                                             prompt_sharded.narrow(0, 1, 1), latents, params);
+  EXPECT_EQ(actual.sizes(), (at::IntArrayRef{1, 3, 5, 32, 32}));
+  EXPECT_LE(max_difference(actual, expected), kTolerance);
+  // The tiles are in effect: the whole-frame decode differs at the seams.
+  EXPECT_GT(max_difference(whole.vae().decode(decode_input), expected), 0.01);
 }
 
 // ---------------------------------------------------------------------------------------------
