@@ -30,7 +30,9 @@
 #include "plan/plan_json.h"
 #include "render/preview.h"
 #include "render/wan_backend.h"
+#include "interp/bim_vfi.h"
 #include "models/wan_pipeline.h"
+#include "models/wan_transformer.h"
 #include "parallel/communicator.h"
 #include "parallel/groups.h"
 
@@ -147,6 +149,7 @@ std::unique_ptr<render::Backend> make_backend(const Options& options, const TpSe
     wan.flf2v_model = find_flf2v_model(options, nullptr);
     wan.flf2v_model_id = options.flf2v_model;
     wan.bim_weights = options.bim_weights;
+    wan.vae_tiling = options.vae_tiling;
     wan.dtype = options.dtype;
     wan.device = options.device;
     wan.cpu_offload = options.cpu_offload;
@@ -185,7 +188,10 @@ parallel::TpGroup make_job_groups(const Options& options) {
   const bool wan = options.backend == "wan";
   request.tp_size = options.tp_size;
   request.device_map = wan ? options.device_map : "";
-  request.on_gpu = wan && (options.device == "cuda" || (options.device == "auto" && at::hasCUDA()));
+  int on_gpu = wan && (options.device == "cuda" || (options.device == "auto" && at::hasCUDA()));
+  // Every rank must take the same branches below (collectives): GPUs only if all have one.
+  MPI_Allreduce(MPI_IN_PLACE, &on_gpu, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  request.on_gpu = on_gpu != 0;
   std::string model;
   if (wan && (request.tp_size > 1 || !request.device_map.empty()))
     model = models::resolve_model(options.model, model_source(options));
@@ -209,6 +215,69 @@ parallel::TpGroup make_job_groups(const Options& options) {
   parallel::TpGroup group = parallel::make_tp_group(request, device);
   if (group.size > 1) models::check_tensor_parallel(model, group.size);
   return group;
+}
+
+// An image-to-video Diffusers folder: its transformer takes the noisy latents, the 4 mask
+// channels and the condition latents (in_channels = 2 z_dim + 4).
+void check_image_to_video_model(const std::string& folder, const std::string& model_id) {
+  models::WanTransformerConfig transformer =
+      models::WanTransformerConfig::from_json_file(folder + "/transformer/config.json");
+  std::ifstream vae_config(folder + "/vae/config.json");
+  if (!vae_config) throw InputError(str("--flf2v-model '", model_id, "' has no vae/config.json"));
+  const int64_t z = json::parse(vae_config).value("z_dim", int64_t(16));
+  if (transformer.in_channels != 2 * z + 4)
+    throw InputError(str("--flf2v-model '", model_id,
+                         "' is not an image-to-video model: its transformer takes ",
+                         transformer.in_channels, " channels, not 2 z_dim + 4 = ", 2 * z + 4));
+}
+
+// BiM-VFI weights: every tensor the network needs, in its shape.
+void check_bim_weights(const std::string& path) {
+  std::string problem;
+  try {
+    models::WeightFiles weights = models::WeightFiles::open(path);
+    for (const models::ParamSpec& spec : interp::BimVfi::parameter_specs()) {
+      if (!weights.has(spec.name)) {
+        problem = str("it lacks '", spec.name, "'");
+        break;
+      }
+      if (weights.info(spec.name).shape != spec.shape) {
+        problem = str("'", spec.name, "' has another shape than the network's");
+        break;
+      }
+    }
+  } catch (const std::exception& e) {
+    problem = e.what();
+  }
+  if (!problem.empty())
+    throw InputError(str("--bim-weights '", path, "' is not a BiM-VFI weights file (", problem,
+                         "); convert the official bim_vfi.pth with tools/convert_bim_vfi"));
+}
+
+// Every rank, before loading anything: the models and weights that the job's unfinished
+// transitions need are here, of the right kind, and split over the tensor-parallel group (a
+// node without them would otherwise fail mid-job; a resumed job is checked too).
+void check_pending_transitions(const Job& job, int tp_size) {
+  const Options& o = job.options;
+  if (o.backend != "wan") return;  // the preview backend draws every method itself
+  std::map<std::string, std::string> first_task;  // method -> first unfinished task using it
+  for (const plan::Task& task : job.timeline.tasks) {
+    const bool done = size_t(task.id) < job.already_done.size() && job.already_done[task.id];
+    if (task.kind != plan::TaskKind::Peak && !done) first_task.emplace(task.method, task.name);
+  }
+  if (first_task.count("flf2v")) {
+    std::string why;
+    const std::string folder = find_flf2v_model(o, &why);
+    if (folder.empty())
+      throw InputError(str(first_task["flf2v"], " needs the FLF2V model, but ", why));
+    check_image_to_video_model(folder, o.flf2v_model);
+    if (tp_size > 1) models::check_tensor_parallel(folder, tp_size);
+  }
+  if (first_task.count("bim")) {
+    if (o.bim_weights.empty())
+      throw InputError(str(first_task["bim"], " needs BiM-VFI, but no --bim-weights is given"));
+    check_bim_weights(o.bim_weights);
+  }
 }
 
 std::string read_text(const std::string& path) {
@@ -428,6 +497,7 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
     std::string group_error;
     try {
       groups.group = make_job_groups(job.options);
+      check_pending_transitions(job, groups.group.size);
     } catch (const InputError& e) {
       group_error = e.what();
     }
@@ -440,7 +510,7 @@ int run(farm::MpiWorld& world, int argc, char** argv) {
       if (world.rank == first_refusing) log_error(group_error);
       if (world.rank == 0) {
         if (first_refusing != 0)
-          log_error("rank ", first_refusing, " refused the tensor-parallel setup (see its log)");
+          log_error("rank ", first_refusing, " refused the job setup (see its log)");
         if (job.lock) job.lock->release();
       }
       farm::barrier_politely(MPI_COMM_WORLD);

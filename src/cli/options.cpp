@@ -187,6 +187,10 @@ const std::vector<OptionSpec>& option_table() {
        BF_ENUM("dtype", dtype, "bf16", "fp32")},
       {"device", "Performance", "where the Wan models compute: auto (a GPU when there is one)|cpu|cuda",
        false, BF_ENUM("device", device, "auto", "cpu", "cuda")},
+      {"vae-tiling", "Performance",
+       "decode the video in 256-px tiles blended over 64 px: less memory for large frames; "
+       "under tensor parallelism the group splits the tiles",
+       true, BF_BOOL("vae-tiling", vae_tiling)},
       {"text-encoder-cpu", "Performance", "run the UMT5 text encoder on the CPU in float32", true,
        BF_BOOL("text-encoder-cpu", text_encoder_cpu)},
       {"steps", "Video generation", "denoising steps (0: the model's default: 40 for Wan2.2 A14B, 50 otherwise)",
@@ -538,6 +542,7 @@ std::map<std::string, std::string> job_defining_values(const Options& o) {
                                 "flf2v-model",
                                 "bim-weights",
                                 "fallback-interp",
+                                "vae-tiling",
                                 "num-peak-clips",
                                 "batch-size",
                                 "peak-len",

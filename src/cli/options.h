@@ -31,6 +31,7 @@ struct Options {
   std::string flf2v_model = "Wan-AI/Wan2.1-FLF2V-14B-720P-Diffusers";
   std::string bim_weights;       // BiM-VFI weights (safetensors from tools/convert_bim_vfi)
   bool fallback_interp = false;  // a method without weights falls back to interpolation
+  bool vae_tiling = false;       // decode in blended tiles (split over a tensor-parallel group)
   // Prompts
   std::string prompt_style = "abstract";
   std::string peak_prompt;

@@ -127,8 +127,8 @@ double render_task(const plan::Timeline& timeline, const plan::Task& task, const
   attrs.prompt = task.prompt;
   attrs.negative_prompt = task.negative_prompt;
   attrs.seed = task.seed;
-  attrs.model = backend.model_id();
-  attrs.steps = backend.steps();
+  attrs.model = backend.model_for(task.method);
+  attrs.steps = backend.steps_for(task.method);
   attrs.backend = backend.name();
   attrs.rank = rank;
   attrs.host = host;

@@ -596,7 +596,8 @@ at::Tensor BimVfi::interpolate(const at::Tensor& img0, const at::Tensor& img1, d
 }
 
 FrameStack BimVfi::between(const Frame& frame0, const Frame& frame1, int count,
-                           int pyramid_levels) const {
+                           int pyramid_levels,
+                           const std::function<void(int, int)>& on_frame) const {
   if (count < 0) throw InputError(beatfarm::str("BiM-VFI: frame count ", count, " is negative"));
   if (frame0.height != frame1.height || frame0.width != frame1.width)
     throw InputError(beatfarm::str("BiM-VFI: frames ", frame0.width, "x", frame0.height, " and ",
@@ -615,6 +616,7 @@ FrameStack BimVfi::between(const Frame& frame0, const Frame& frame1, int count,
     at::Tensor bytes = image.mul(255.0).round().to(at::kCPU, at::kByte)
                            .squeeze(0).permute({1, 2, 0}).contiguous();  // [H, W, 3]
     std::copy_n(bytes.data_ptr<uint8_t>(), stack.frame_bytes(), stack.frame(k));
+    if (on_frame) on_frame(k + 1, count);
   }
   return stack;
 }

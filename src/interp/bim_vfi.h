@@ -17,6 +17,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -122,8 +123,9 @@ class BimVfi {
                          int pyramid_levels = 0) const;
 
   // `count` frames strictly between two frames of equal size, at t = (k + 1) / (count + 1).
-  FrameStack between(const Frame& frame0, const Frame& frame1, int count,
-                     int pyramid_levels = 0) const;
+  // `on_frame(done, count)` is called after each frame (it may throw to cancel).
+  FrameStack between(const Frame& frame0, const Frame& frame1, int count, int pyramid_levels = 0,
+                     const std::function<void(int, int)>& on_frame = {}) const;
 
   at::Device device() const;
 

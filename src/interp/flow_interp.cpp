@@ -846,7 +846,8 @@ Frame synthesize_frame(const Frame& from, const Frame& to, const FlowField& forw
 }
 
 FrameStack interpolate_flow(const Frame& from, const Frame& to, int count,
-                            const FlowOptions& options) {
+                            const FlowOptions& options,
+                            const std::function<void(int, int)>& on_frame) {
   check_pair(from, to);
   check_options(options);
   if (count < 0) throw InputError(str("interpolation: frame count ", count, " is negative"));
@@ -857,6 +858,7 @@ FrameStack interpolate_flow(const Frame& from, const Frame& to, int count,
     float t = static_cast<float>(k + 1) / static_cast<float>(count + 1);
     Frame frame = synthesize(pair, t, options);
     std::copy(frame.rgb.begin(), frame.rgb.end(), stack.frame(k));
+    if (on_frame) on_frame(k + 1, count);
   }
   return stack;
 }

@@ -14,6 +14,7 @@
 // Plain float buffers; rows are split over ATen's intra-op threads (set_compute_threads).
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "common/frames.h"
@@ -76,8 +77,10 @@ Frame synthesize_frame(const Frame& from, const Frame& to, const FlowField& forw
 
 // The `count` frames strictly between `from` and `to`, at t = (k + 1) / (count + 1) for
 // k = 0..count-1. count 0 gives an empty stack of the frames' size.
+// `on_frame(done, count)` is called after each frame (it may throw to cancel).
 FrameStack interpolate_flow(const Frame& from, const Frame& to, int count,
-                            const FlowOptions& options = {});
+                            const FlowOptions& options = {},
+                            const std::function<void(int, int)>& on_frame = {});
 
 // The same times as a plain cross-fade: (1 - t) * from + t * to, rounded.
 FrameStack interpolate_crossfade(const Frame& from, const Frame& to, int count);

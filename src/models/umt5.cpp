@@ -226,7 +226,7 @@ at::Tensor Umt5Encoder::self_attention(const Block& block, const at::Tensor& x,
 }
 
 at::Tensor Umt5Encoder::feed_forward(const Block& block, const at::Tensor& x) const {
-  at::Tensor hidden = activate(activation_, block.wi_0(x));  // [B, L, d_ff]
+  at::Tensor hidden = activate(activation_, block.wi_0(x));  // [B, L, d_ff / tp]
   if (gated_) hidden = hidden * block.wi_1(x);
   return row_parallel(block.wo, hidden, options_.tp);  // [B, L, d_model]
 }

@@ -451,7 +451,7 @@ std::pair<at::Tensor, at::Tensor> project_kv(const Linear& to_k, const Linear& t
   const int64_t B = context.size(0), Lk = context.size(1);
   at::Tensor k = to_k(context);  // [B, Lk, inner / tp]
   if (norm_k.defined()) k = rms_norm_sharded(k, norm_k, eps, inner, tp);
-  at::Tensor v = to_v(context);         // [B, Lk, inner]
+  at::Tensor v = to_v(context);         // [B, Lk, inner / tp]
   return {k.view({B, Lk, heads, -1}),   // [B, Lk, H, D]
           v.view({B, Lk, heads, -1})};  // [B, Lk, H, D]
 }

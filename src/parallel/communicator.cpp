@@ -45,8 +45,6 @@ MPI_Datatype mpi_type_of(at::ScalarType type) {
       return MPI_UINT8_T;
     case at::kChar:
       return MPI_INT8_T;
-    case at::kBool:
-      return MPI_C_BOOL;
     default:
       throw Error(str("MPI communicator: no MPI type for ", at::toString(type)));
   }

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "common/splitmix.h"
 
 namespace beatfarm::plan {
 namespace {
@@ -40,13 +41,6 @@ void substitute_method(Task& task, const PlanOptions& options) {
     after = after || task.method == method;
   }
   throw InputError(str(task.name, ": no transition method can run here (", missing->second, ")"));
-}
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
 }
 
 std::string numbered(const char* stem, int index) {

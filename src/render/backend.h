@@ -63,6 +63,16 @@ class Backend {
   // Model identifier recorded in task files ("preview-procedural-v1", a model id, ...).
   virtual std::string model_id() const = 0;
   virtual int steps() const = 0;
+  // What renders tasks of `method` ("t2v", "flf2v", "bim", "flow"), for the task files: a
+  // backend with one model for everything (preview) answers model_id() / steps().
+  virtual std::string model_for(const std::string& method) const {
+    (void)method;
+    return model_id();
+  }
+  virtual int steps_for(const std::string& method) const {
+    (void)method;
+    return steps();
+  }
   virtual FrameStack render_peak(const PeakRequest& request, const ProgressFn& progress) = 0;
   // One clip per request.clip_seeds entry, frames concatenated. Backends that can batch
   // generations (wan) override it; the default renders the clips one after another.

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "common/splitmix.h"
 
 namespace beatfarm::render {
 
@@ -73,10 +74,7 @@ std::vector<RetimeSample> retime_samples(int n, int inner) {
 uint64_t segment_seed(uint64_t seed, int segment) {
   if (segment == 0) return seed;
   // SplitMix64 of seed + segment * golden gamma: well-spread, reproducible.
-  uint64_t z = seed + uint64_t(segment) * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  return splitmix64(seed + uint64_t(segment - 1) * kGoldenGamma);
 }
 
 Flf2vTransition::Flf2vTransition(std::shared_ptr<models::WanImageToVideoPipeline> pipeline,

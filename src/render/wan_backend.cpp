@@ -43,39 +43,40 @@ class WanBackend : public Backend {
     pipeline.tp = models::tensor_parallel(options.tp_group);
     pipeline.offload = models::offload_from_string(options.cpu_offload);
     pipeline.text_encoder_on_cpu = options.text_encoder_cpu;
+    if (options.vae_tiling) pipeline.vae_tiling = models::WanVaeTiling{};
     pipeline_options_ = pipeline;
-    const auto start = std::chrono::steady_clock::now();
-    pipeline_ = std::make_unique<models::WanT2VPipeline>(
-        models::WanT2VPipeline::load(options.model, pipeline));
-    if (!pipeline_->has_text_encoder())
-      throw InputError(str("model '", options.model_id,
-                           "' has no text_encoder/tokenizer: it cannot encode prompts"));
+    load_t2v();
     params_.steps = options.steps;
     params_.guidance_scale = options.guidance_scale;
     params_.guidance_scale_2 = options.guidance_scale_2;
     params_.flow_shift = options.flow_shift;
     params_ = pipeline_->with_defaults(params_);
-    log_info("wan: loaded ", options.model_id, " on ", pipeline.device.str(), " (", options.dtype,
-             ", offload ", options.cpu_offload,
-             pipeline.tp.active() ? str(", tensor-parallel rank ", pipeline.tp.rank, " of ",
-                                        pipeline.tp.size)
-                                  : std::string(),
-             ") in ",
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-             " s; ", params_.steps, " steps, guidance ", params_.guidance_scale);
+    log_info("wan: ", params_.steps, " steps, guidance ", params_.guidance_scale);
   }
 
   std::string name() const override { return "wan"; }
   std::string model_id() const override { return options_.model_id; }
   int steps() const override { return params_.steps; }
+  std::string model_for(const std::string& method) const override {
+    if (method == "flf2v") return options_.flf2v_model_id;
+    if (method == "bim") return "BiM-VFI " + options_.bim_weights;
+    if (method == "flow") return "optical-flow-dis-v1";
+    return options_.model_id;
+  }
+  int steps_for(const std::string& method) const override {
+    if (method == "flf2v") return flf2v_steps_;
+    return method == "t2v" ? params_.steps : 0;
+  }
 
   FrameStack render_peak(const PeakRequest& request, const ProgressFn& progress) override {
+    load_t2v();
     return generate(request, {request.seed}, progress);
   }
 
   // --batch-size: the clips of one task go through the transformer as one batch.
   FrameStack render_peaks(const PeakRequest& request, const ProgressFn& progress) override {
     if (request.clip_seeds.empty()) return render_peak(request, progress);
+    load_t2v();
     return generate(request, request.clip_seeds, progress);
   }
 
@@ -92,9 +93,18 @@ class WanBackend : public Backend {
         transition.steps = options_.steps;
         transition.guidance_scale = options_.guidance_scale;
         transition.flow_shift = options_.flow_shift;
+        // Peaks are dispatched before transitions, so this rank is done with T2V: its
+        // weights make room for the FLF2V model (both 14B models rarely fit one GPU).
+        if (pipeline_) {
+          pipeline_.reset();
+          embeddings_.clear();
+          log_info("wan: released ", options_.model_id, " to load the FLF2V model");
+        }
         const auto start = std::chrono::steady_clock::now();
         flf2v_ = std::make_unique<Flf2vTransition>(
             Flf2vTransition::load(options_.flf2v_model, pipeline_options_, transition));
+        flf2v_steps_ = flf2v_->pipeline().base().with_defaults(models::GenerationParams{}).steps;
+        if (transition.steps > 0) flf2v_steps_ = transition.steps;
         log_info("wan: loaded ", options_.flf2v_model_id, " (FLF2V) in ",
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
                  " s");
@@ -110,20 +120,51 @@ class WanBackend : public Backend {
             interp::BimVfi::load(options_.bim_weights, pipeline_options_.device));
         log_info("wan: loaded BiM-VFI from ", options_.bim_weights);
       }
-      FrameStack frames = bim_->between(request.from, request.to, request.frames);
-      if (progress) progress(request.frames, request.frames, 0.0);
-      return frames;
+      return bim_->between(request.from, request.to, request.frames, 0, per_frame(progress));
     }
     if (request.method == "flow") {
-      FrameStack frames = interp::interpolate_flow(request.from, request.to, request.frames);
-      if (progress) progress(request.frames, request.frames, 0.0);
-      return frames;
+      return interp::interpolate_flow(request.from, request.to, request.frames, {},
+                                      per_frame(progress));
     }
     throw Error(str(request.name, ": the wan backend has no transition method '", request.method,
                     "'"));
   }
 
  private:
+  // Interpolators report each frame; the farm's progress checks for a stop between them.
+  static std::function<void(int, int)> per_frame(const ProgressFn& progress) {
+    const auto start = std::chrono::steady_clock::now();
+    return [progress, start](int done, int total) {
+      if (progress)
+        progress(done, total,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    };
+  }
+
+  // The T2V pipeline, (re)loaded when a peak needs it; a peak after FLF2V (a retried task)
+  // gives the FLF2V model's memory back first.
+  void load_t2v() {
+    if (pipeline_) return;
+    if (flf2v_) {
+      flf2v_.reset();
+      log_info("wan: released the FLF2V model to load ", options_.model_id);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    pipeline_ = std::make_unique<models::WanT2VPipeline>(
+        models::WanT2VPipeline::load(options_.model, pipeline_options_));
+    if (!pipeline_->has_text_encoder())
+      throw InputError(str("model '", options_.model_id,
+                           "' has no text_encoder/tokenizer: it cannot encode prompts"));
+    const models::WanPipelineOptions& p = pipeline_options_;
+    log_info("wan: loaded ", options_.model_id, " on ", p.device.str(), " (", options_.dtype,
+             ", offload ", options_.cpu_offload,
+             p.tp.active() ? str(", tensor-parallel rank ", p.tp.rank, " of ", p.tp.size)
+                           : std::string(),
+             ") in ",
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+             " s");
+  }
+
   // One clip per seed, each from its own seeded noise, denoised together.
   FrameStack generate(const PeakRequest& request, const std::vector<uint64_t>& seeds,
                       const ProgressFn& progress) {
@@ -170,6 +211,7 @@ class WanBackend : public Backend {
   models::WanPipelineOptions pipeline_options_;
   std::unique_ptr<Flf2vTransition> flf2v_;
   std::unique_ptr<interp::BimVfi> bim_;
+  int flf2v_steps_ = 0;
   models::GenerationParams params_;
   std::map<std::string, at::Tensor> embeddings_;
 };

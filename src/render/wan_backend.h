@@ -23,6 +23,7 @@ struct WanBackendOptions {
   std::string device = "auto";  // auto | cpu | cuda
   std::string cpu_offload = "model";
   bool text_encoder_cpu = false;
+  bool vae_tiling = false;  // decode in tiles (split over the tensor-parallel group)
   int steps = 0;                  // 0: the model's default
   double guidance_scale = -1;     // < 0: the model's default
   double guidance_scale_2 = -1;

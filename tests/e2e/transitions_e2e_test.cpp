@@ -137,6 +137,8 @@ TEST(TransitionsE2E, LongGapsGoToFlf2vShortOnesToInterpolation) {
   }
   EXPECT_NE(rank_logs.find("(FLF2V)"), std::string::npos) << rank_logs;
   EXPECT_NE(rank_logs.find("loaded BiM-VFI"), std::string::npos) << rank_logs;
+  EXPECT_NE(rank_logs.find("released " + t2v + " to load the FLF2V model"), std::string::npos)
+      << rank_logs;
 
   json plan = read_plan(dir.file("job"));
   int flf2v_tasks = 0, bim_tasks = 0;
@@ -157,12 +159,56 @@ TEST(TransitionsE2E, LongGapsGoToFlf2vShortOnesToInterpolation) {
     store::TaskAttrs attrs = store::read_task_attrs(path);
     EXPECT_EQ(attrs.method, method);
     EXPECT_EQ(attrs.backend, "wan");
+    if (method == "flf2v") {
+      EXPECT_EQ(attrs.model, flf2v);
+      EXPECT_EQ(attrs.steps, 2);
+    } else {
+      EXPECT_EQ(attrs.model, "BiM-VFI " + bim);
+      EXPECT_EQ(attrs.steps, 0);
+    }
     // Transition files hold exactly the gap (FLF2V retimes its 4k+1 generation to it).
     EXPECT_EQ(store::read_frames_shape(path).count, frames);
   }
   EXPECT_GE(flf2v_tasks, 1);
   EXPECT_GE(bim_tasks, 1);
   expect_transitions_join_their_clips(dir.file("job"), dir.file("job.mp4"));
+
+  // Resuming after the FLF2V model went away: the unfinished FLF2V transition is refused on
+  // every rank before anything loads, and the finished tasks stay.
+  std::string flf2v_task;
+  for (const json& task : plan.at("tasks"))
+    if (task.at("method") == "flf2v") flf2v_task = task.at("name");
+  fs::remove(dir.file("job/" + flf2v_task + ".h5"));
+  fs::rename(flf2v, dir.file("moved_flf2v"));
+  EXPECT_EQ(run_job(2, "--resume " + dir.file("job"), &log), 2) << log;
+  EXPECT_NE(log.find(flf2v_task + " needs the FLF2V model"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(dir.file("job/" + flf2v_task + ".h5")));
+  fs::rename(dir.file("moved_flf2v"), flf2v);
+  ASSERT_EQ(run_job(2, "--resume " + dir.file("job"), &log), 0) << log;
+  EXPECT_TRUE(store::is_complete_task_file(dir.file("job/" + flf2v_task + ".h5"), nullptr));
+}
+
+TEST(TransitionsE2E, WrongKindsOfWeightsAreRefusedBeforeRendering) {
+  test::TempDir dir("bf_transitions_wrong");
+  const std::string t2v = make_tiny(dir, "t2v", "wan2.1");
+  std::string log;
+  // A text-to-video folder is not a first-last-frame model.
+  EXPECT_EQ(run_job(2,
+                    job_args(dir, "a", t2v,
+                             "--interpolation-mode flf2v --flf2v-model " + t2v),
+                    &log),
+            2)
+      << log;
+  EXPECT_NE(log.find("is not an image-to-video model"), std::string::npos) << log;
+  // A safetensors file of another network is not BiM-VFI weights.
+  const std::string other = t2v + "/transformer/diffusion_pytorch_model.safetensors";
+  EXPECT_EQ(run_job(2, job_args(dir, "b", t2v, "--interpolation-mode bim --bim-weights " + other),
+                    &log),
+            2)
+      << log;
+  EXPECT_NE(log.find("is not a BiM-VFI weights file"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(dir.file("a.mp4")));
+  EXPECT_FALSE(fs::exists(dir.file("b.mp4")));
 }
 
 TEST(TransitionsE2E, MissingWeightsStopTheJobUnlessFallbackIsAsked) {
@@ -197,6 +243,7 @@ TEST(TransitionsE2E, MissingWeightsStopTheJobUnlessFallbackIsAsked) {
     store::TaskAttrs attrs =
         store::read_task_attrs(dir.file("fallback/" + task.at("name").get<std::string>() + ".h5"));
     EXPECT_EQ(attrs.method, "flow");
+    EXPECT_EQ(attrs.model, "optical-flow-dis-v1");
   }
   EXPECT_GE(gaps, 2);
   expect_transitions_join_their_clips(dir.file("fallback"), dir.file("fallback.mp4"));
