@@ -29,6 +29,10 @@ class TempDir {
 // combined stdout+stderr goes to *output when given.
 int run_command(const std::string& command, std::string* output = nullptr);
 
+// Runs the beatfarm executable with `args` on `ranks` MPI ranks (as root, oversubscribed);
+// returns its exit code, its output in *output.
+int run_beatfarm(int ranks, const std::string& args, std::string* output = nullptr);
+
 // Writes a mono 16-bit WAV of the given samples.
 void write_wav(const std::string& path, const std::vector<float>& samples, int sample_rate,
                int channels = 1);

@@ -26,10 +26,9 @@ int run(int argc, char** argv) {
   po::options_description visible(
       "Usage: convert_bim_vfi bim_vfi.pth OUTPUT.safetensors\n"
       "       convert_bim_vfi --random [--seed N] OUTPUT.safetensors\nOptions");
-  visible.add_options()
-      ("help,h", "show this help")
-      ("random", po::bool_switch(&random), "write random weights in the official layout")
-      ("seed", po::value(&seed)->default_value(0), "seed of --random");
+  visible.add_options()("help,h", "show this help")("random", po::bool_switch(&random),
+                                                    "write random weights in the official layout")(
+      "seed", po::value(&seed)->default_value(0), "seed of --random");
   po::options_description hidden;
   hidden.add_options()("paths", po::value<std::vector<std::string>>(), "");
   po::options_description all;
@@ -69,8 +68,8 @@ int run(int argc, char** argv) {
   const size_t written = interp::bim::convert_checkpoint(input, output, &unused);
   std::cout << "wrote " << written << " BiM-VFI tensors from " << input << " to " << output << "\n";
   if (!unused.empty())
-    std::cout << "ignored " << unused.size() << " tensors the network does not use (first: "
-              << unused.front() << ")\n";
+    std::cout << "ignored " << unused.size()
+              << " tensors the network does not use (first: " << unused.front() << ")\n";
   return kExitOk;
 }
 

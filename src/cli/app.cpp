@@ -26,15 +26,15 @@
 #include "farm/lock.h"
 #include "farm/mpi_world.h"
 #include "farm/stop.h"
-#include "models/model_source.h"
-#include "plan/plan_json.h"
-#include "render/preview.h"
-#include "render/wan_backend.h"
 #include "interp/bim_vfi.h"
+#include "models/model_source.h"
 #include "models/wan_pipeline.h"
 #include "models/wan_transformer.h"
 #include "parallel/communicator.h"
 #include "parallel/groups.h"
+#include "plan/plan_json.h"
+#include "render/preview.h"
+#include "render/wan_backend.h"
 
 extern "C" {
 #include <libavutil/log.h>
@@ -259,7 +259,7 @@ void check_bim_weights(const std::string& path) {
 // node without them would otherwise fail mid-job; a resumed job is checked too).
 void check_pending_transitions(const Job& job, int tp_size) {
   const Options& o = job.options;
-  if (o.backend != "wan") return;  // the preview backend draws every method itself
+  if (o.backend != "wan") return;                 // the preview backend draws every method itself
   std::map<std::string, std::string> first_task;  // method -> first unfinished task using it
   for (const plan::Task& task : job.timeline.tasks) {
     const bool done = size_t(task.id) < job.already_done.size() && job.already_done[task.id];

@@ -185,19 +185,21 @@ const std::vector<OptionSpec>& option_table() {
        false, BF_INT("threads", threads)},
       {"dtype", "Performance", "weights and activations of the Wan models: bf16|fp32", false,
        BF_ENUM("dtype", dtype, "bf16", "fp32")},
-      {"device", "Performance", "where the Wan models compute: auto (a GPU when there is one)|cpu|cuda",
-       false, BF_ENUM("device", device, "auto", "cpu", "cuda")},
+      {"device", "Performance",
+       "where the Wan models compute: auto (a GPU when there is one)|cpu|cuda", false,
+       BF_ENUM("device", device, "auto", "cpu", "cuda")},
       {"vae-tiling", "Performance",
        "decode the video in 256-px tiles blended over 64 px: less memory for large frames; "
        "under tensor parallelism the group splits the tiles",
        true, BF_BOOL("vae-tiling", vae_tiling)},
       {"text-encoder-cpu", "Performance", "run the UMT5 text encoder on the CPU in float32", true,
        BF_BOOL("text-encoder-cpu", text_encoder_cpu)},
-      {"steps", "Video generation", "denoising steps (0: the model's default: 40 for Wan2.2 A14B, 50 otherwise)",
-       false, BF_INT("steps", steps)},
+      {"steps", "Video generation",
+       "denoising steps (0: the model's default: 40 for Wan2.2 A14B, 50 otherwise)", false,
+       BF_INT("steps", steps)},
       {"guidance-scale", "Video generation",
-       "classifier-free guidance (-1: the model's default: 4.0 for Wan2.2 A14B, 5.0 otherwise)", false,
-       BF_DOUBLE("guidance-scale", guidance_scale)},
+       "classifier-free guidance (-1: the model's default: 4.0 for Wan2.2 A14B, 5.0 otherwise)",
+       false, BF_DOUBLE("guidance-scale", guidance_scale)},
       {"guidance-scale-2", "Video generation",
        "guidance of Wan2.2's low-noise expert (-1: the model's default, 3.0)", false,
        BF_DOUBLE("guidance-scale-2", guidance_scale_2)},
@@ -478,7 +480,8 @@ void validate_options(Options& o) {
         str("--output '", o.output, "': folder '", folder.string(), "' is not writable"));
 
   if (o.steps < 0) throw InputError(str("--steps ", o.steps, " must not be negative"));
-  if (o.flow_shift < 0) throw InputError(str("--flow-shift ", o.flow_shift, " must not be negative"));
+  if (o.flow_shift < 0)
+    throw InputError(str("--flow-shift ", o.flow_shift, " must not be negative"));
   if (o.backend == "wan") {
     models::ModelSourceOptions source;
     source.cache_dir = o.cache_dir;

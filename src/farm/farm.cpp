@@ -77,7 +77,9 @@ void broadcast_in_group(void* data, int bytes, MPI_Comm group) {
 
 // Between frames/steps of a grouped task: the leader's verdict ("" = go on, else why the task
 // is abandoned) reaches every rank of the group, which all abandon together.
-void agree_on_abandon(std::string& why, MPI_Comm group) { broadcast_string(why, 0, group); }
+void agree_on_abandon(std::string& why, MPI_Comm group) {
+  broadcast_string(why, 0, group);
+}
 
 std::string format_seconds(double s) {
   char buffer[32];

@@ -94,7 +94,9 @@ WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipeline
   fs::path root(folder);
   fs::path index_path = root / "model_index.json";
   std::ifstream in(index_path);
-  if (!in) throw InputError(str("'", folder, "' has no model_index.json: not a Diffusers pipeline folder"));
+  if (!in)
+    throw InputError(
+        str("'", folder, "' has no model_index.json: not a Diffusers pipeline folder"));
   nlohmann::json index;
   try {
     index = nlohmann::json::parse(in);
@@ -111,7 +113,8 @@ WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipeline
       throw Error(str("'", index_path.string(), "' lists no ", required));
 
   // Weights wait on the CPU unless nothing is offloaded.
-  const at::Device storage = options.offload == Offload::None ? options.device : at::Device(at::kCPU);
+  const at::Device storage =
+      options.offload == Offload::None ? options.device : at::Device(at::kCPU);
   LoadOptions transformer_options{options.dtype, storage, options.tp};
   auto transformer = std::make_shared<WanTransformer>(
       WanTransformer::load((root / "transformer").string(), transformer_options));
@@ -119,7 +122,8 @@ WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipeline
   if (component_present(index, "transformer_2"))
     transformer_2 = std::make_shared<WanTransformer>(
         WanTransformer::load((root / "transformer_2").string(), transformer_options));
-  auto vae = std::make_shared<WanVae>(WanVae::load((root / "vae").string(), {options.dtype, options.device}));
+  auto vae = std::make_shared<WanVae>(
+      WanVae::load((root / "vae").string(), {options.dtype, options.device}));
   std::unique_ptr<Scheduler> scheduler = load_scheduler((root / "scheduler").string());
   std::shared_ptr<Umt5Encoder> text_encoder;
   std::shared_ptr<T5Tokenizer> tokenizer;
@@ -127,16 +131,18 @@ WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipeline
     LoadOptions text_options = options.text_encoder_on_cpu
                                    ? LoadOptions{at::kFloat, at::kCPU, options.tp}
                                    : LoadOptions{options.dtype, storage, options.tp};
-    text_encoder = std::make_shared<Umt5Encoder>(Umt5Encoder::load((root / "text_encoder").string(), text_options));
+    text_encoder = std::make_shared<Umt5Encoder>(
+        Umt5Encoder::load((root / "text_encoder").string(), text_options));
     tokenizer = std::make_shared<T5Tokenizer>(T5Tokenizer::load((root / "tokenizer").string()));
   }
-  WanT2VPipeline pipeline(text_encoder, tokenizer, transformer, transformer_2, vae, std::move(scheduler),
-                          config, options);
+  WanT2VPipeline pipeline(text_encoder, tokenizer, transformer, transformer_2, vae,
+                          std::move(scheduler), config, options);
   return pipeline;
 }
 
 at::Tensor WanT2VPipeline::encode_prompts(const std::vector<std::string>& prompts) {
-  if (!has_text_encoder()) throw Error("this pipeline was built without a text encoder and tokenizer");
+  if (!has_text_encoder())
+    throw Error("this pipeline was built without a text encoder and tokenizer");
   Encoded encoded = tokenizer_->encode(prompts, kTextTokens);
   at::Tensor embeds = text_encoder_->prompt_embeds(encoded.input_ids, encoded.attention_mask);
   return embeds.to(at::kFloat);  // [B, 512, text_dim]
@@ -148,7 +154,8 @@ GenerationParams WanT2VPipeline::with_defaults(GenerationParams params) const {
   const bool two_experts = config_.boundary_ratio.has_value();
   if (params.steps <= 0) params.steps = two_experts ? 40 : 50;
   if (params.guidance_scale < 0) params.guidance_scale = two_experts ? 4.0 : 5.0;
-  if (params.guidance_scale_2 < 0) params.guidance_scale_2 = two_experts ? 3.0 : params.guidance_scale;
+  if (params.guidance_scale_2 < 0)
+    params.guidance_scale_2 = two_experts ? 3.0 : params.guidance_scale;
   return params;
 }
 
@@ -156,7 +163,8 @@ at::Tensor WanT2VPipeline::initial_latents(int batch, const GenerationParams& pa
                                            uint64_t seed) const {
   const WanVaeConfig& v = vae_->config();
   if ((params.num_frames - 1) % v.scale_factor_temporal != 0)
-    throw InputError(str("num_frames ", params.num_frames, " is not ", v.scale_factor_temporal, "k+1"));
+    throw InputError(
+        str("num_frames ", params.num_frames, " is not ", v.scale_factor_temporal, "k+1"));
   if (params.height % v.scale_factor_spatial != 0 || params.width % v.scale_factor_spatial != 0)
     throw InputError(str("frame size ", params.width, "x", params.height, " is not a multiple of ",
                          v.scale_factor_spatial));
@@ -220,7 +228,8 @@ at::Tensor WanT2VPipeline::generate(const at::Tensor& prompt_embeds,
     if (config_.expand_timesteps) {
       // Wan2.2 TI2V: one timestep per token; in text-to-video mode every token gets t.
       const auto& p = model.config().patch_size;
-      const int64_t tokens = (latents.size(2) / p[0]) * (latents.size(3) / p[1]) * (latents.size(4) / p[2]);
+      const int64_t tokens =
+          (latents.size(2) / p[0]) * (latents.size(3) / p[1]) * (latents.size(4) / p[2]);
       timestep = t.to(at::kFloat).expand({batch, tokens}).contiguous();  // [B, L]
     } else {
       timestep = t.expand({batch}).contiguous();  // [B]
@@ -254,7 +263,10 @@ at::Tensor WanT2VPipeline::generate(const at::Tensor& prompt_embeds,
 }
 
 at::Tensor video_to_frames(const at::Tensor& video) {
-  return (video.to(at::kFloat) / 2 + 0.5).clamp(0, 1).permute({0, 2, 3, 4, 1}).contiguous();  // [B, F, H, W, 3]
+  return (video.to(at::kFloat) / 2 + 0.5)
+      .clamp(0, 1)
+      .permute({0, 2, 3, 4, 1})
+      .contiguous();  // [B, F, H, W, 3]
 }
 
 at::Tensor video_to_frames_u8(const at::Tensor& video) {

@@ -8,9 +8,9 @@
 
 #include "common/error.h"
 #include "common/log.h"
-#include "models/wan_pipeline.h"
 #include "interp/bim_vfi.h"
 #include "interp/flow_interp.h"
+#include "models/wan_pipeline.h"
 #include "render/flf2v_transition.h"
 
 namespace beatfarm::render {
@@ -28,8 +28,7 @@ at::Device pick_device(const std::string& name) {
 
 class WanBackend : public Backend {
  public:
-  explicit WanBackend(const WanBackendOptions& options)
-      : options_(options) {
+  explicit WanBackend(const WanBackendOptions& options) : options_(options) {
     models::WanPipelineOptions pipeline;
     if (options.dtype == "bf16")
       pipeline.dtype = at::kBFloat16;
@@ -126,8 +125,8 @@ class WanBackend : public Backend {
       return interp::interpolate_flow(request.from, request.to, request.frames, {},
                                       per_frame(progress));
     }
-    throw Error(str(request.name, ": the wan backend has no transition method '", request.method,
-                    "'"));
+    throw Error(
+        str(request.name, ": the wan backend has no transition method '", request.method, "'"));
   }
 
  private:
@@ -161,8 +160,7 @@ class WanBackend : public Backend {
              p.tp.active() ? str(", tensor-parallel rank ", p.tp.rank, " of ", p.tp.size)
                            : std::string(),
              ") in ",
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-             " s");
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s");
   }
 
   // One clip per seed, each from its own seeded noise, denoised together.

@@ -20,13 +20,6 @@ using nlohmann::json;
 
 const std::string kExample = test::data_path("example_house_126.ogg");
 
-int run_job(int ranks, const std::string& args, std::string* log) {
-  return test::run_command(std::string(BEATFARM_MPIEXEC) +
-                               " --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) +
-                               " " + BEATFARM_BINARY + " " + args,
-                           log);
-}
-
 std::string make_tiny(const test::TempDir& dir, const std::string& name,
                       const std::string& variant) {
   std::string folder = dir.file(name);
@@ -41,8 +34,8 @@ std::string make_tiny(const test::TempDir& dir, const std::string& name,
 
 std::string job_args(const test::TempDir& dir, const std::string& name, const std::string& t2v,
                      const std::string& extra) {
-  return "--backend wan --model " + t2v + " --audio " + kExample +
-         " --audio-end 10 --output " + dir.file(name + ".mp4") + " --work-dir " + dir.file(name) +
+  return "--backend wan --model " + t2v + " --audio " + kExample + " --audio-end 10 --output " +
+         dir.file(name + ".mp4") + " --work-dir " + dir.file(name) +
          " --width 64 --height 48 --steps 2 --num-peak-clips 3 --dtype fp32 --threads 1 " + extra;
 }
 
@@ -117,16 +110,14 @@ TEST(TransitionsE2E, LongGapsGoToFlf2vShortOnesToInterpolation) {
   const std::string flf2v = make_tiny(dir, "flf2v", "wan2.1-flf2v");
   const std::string bim = dir.file("bim.safetensors");
   std::string log;
-  ASSERT_EQ(test::run_command(std::string(BEATFARM_CONVERT_BIM_VFI) + " --random " + bim,
-                              &log),
-            0)
+  ASSERT_EQ(test::run_command(std::string(BEATFARM_CONVERT_BIM_VFI) + " --random " + bim, &log), 0)
       << log;
   // The threshold sits between the gap lengths this song gives (they are checked below).
-  ASSERT_EQ(run_job(2,
-                    job_args(dir, "job", t2v,
-                             "--flf2v-model " + flf2v + " --bim-weights " + bim +
-                                 " --hybrid-threshold 1.2"),
-                    &log),
+  ASSERT_EQ(test::run_beatfarm(2,
+                               job_args(dir, "job", t2v,
+                                        "--flf2v-model " + flf2v + " --bim-weights " + bim +
+                                            " --hybrid-threshold 1.2"),
+                               &log),
             0)
       << log;
   // Each rank logs what it loaded to its own file.
@@ -180,11 +171,11 @@ TEST(TransitionsE2E, LongGapsGoToFlf2vShortOnesToInterpolation) {
     if (task.at("method") == "flf2v") flf2v_task = task.at("name");
   fs::remove(dir.file("job/" + flf2v_task + ".h5"));
   fs::rename(flf2v, dir.file("moved_flf2v"));
-  EXPECT_EQ(run_job(2, "--resume " + dir.file("job"), &log), 2) << log;
+  EXPECT_EQ(test::run_beatfarm(2, "--resume " + dir.file("job"), &log), 2) << log;
   EXPECT_NE(log.find(flf2v_task + " needs the FLF2V model"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(dir.file("job/" + flf2v_task + ".h5")));
   fs::rename(dir.file("moved_flf2v"), flf2v);
-  ASSERT_EQ(run_job(2, "--resume " + dir.file("job"), &log), 0) << log;
+  ASSERT_EQ(test::run_beatfarm(2, "--resume " + dir.file("job"), &log), 0) << log;
   EXPECT_TRUE(store::is_complete_task_file(dir.file("job/" + flf2v_task + ".h5"), nullptr));
 }
 
@@ -193,18 +184,18 @@ TEST(TransitionsE2E, WrongKindsOfWeightsAreRefusedBeforeRendering) {
   const std::string t2v = make_tiny(dir, "t2v", "wan2.1");
   std::string log;
   // A text-to-video folder is not a first-last-frame model.
-  EXPECT_EQ(run_job(2,
-                    job_args(dir, "a", t2v,
-                             "--interpolation-mode flf2v --flf2v-model " + t2v),
-                    &log),
-            2)
+  EXPECT_EQ(
+      test::run_beatfarm(
+          2, job_args(dir, "a", t2v, "--interpolation-mode flf2v --flf2v-model " + t2v), &log),
+      2)
       << log;
   EXPECT_NE(log.find("is not an image-to-video model"), std::string::npos) << log;
   // A safetensors file of another network is not BiM-VFI weights.
   const std::string other = t2v + "/transformer/diffusion_pytorch_model.safetensors";
-  EXPECT_EQ(run_job(2, job_args(dir, "b", t2v, "--interpolation-mode bim --bim-weights " + other),
-                    &log),
-            2)
+  EXPECT_EQ(
+      test::run_beatfarm(
+          2, job_args(dir, "b", t2v, "--interpolation-mode bim --bim-weights " + other), &log),
+      2)
       << log;
   EXPECT_NE(log.find("is not a BiM-VFI weights file"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(dir.file("a.mp4")));
@@ -217,22 +208,23 @@ TEST(TransitionsE2E, MissingWeightsStopTheJobUnlessFallbackIsAsked) {
   std::string log;
   // Default hybrid routing needs BiM-VFI weights for short gaps and the FLF2V model for long
   // ones; neither is here.
-  int code = run_job(2,
-                     job_args(dir, "job", t2v,
-                              "--flf2v-model " + dir.file("no_such_flf2v") + " --cache-dir " +
-                                  dir.file("hub")),
-                     &log);
+  int code = test::run_beatfarm(
+      2,
+      job_args(dir, "job", t2v,
+               "--flf2v-model " + dir.file("no_such_flf2v") + " --cache-dir " + dir.file("hub")),
+      &log);
   EXPECT_EQ(code, 2) << log;
   EXPECT_NE(log.find("--fallback-interp"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(dir.file("job.mp4")));
 
   // With --fallback-interp every gap is interpolated by the weight-free optical flow.
-  ASSERT_EQ(run_job(2,
-                    job_args(dir, "fallback", t2v,
-                             "--flf2v-model " + dir.file("no_such_flf2v") + " --cache-dir " +
-                                 dir.file("hub") + " --fallback-interp"),
-                    &log),
-            0)
+  ASSERT_EQ(
+      test::run_beatfarm(2,
+                         job_args(dir, "fallback", t2v,
+                                  "--flf2v-model " + dir.file("no_such_flf2v") + " --cache-dir " +
+                                      dir.file("hub") + " --fallback-interp"),
+                         &log),
+      0)
       << log;
   json plan = read_plan(dir.file("fallback"));
   int gaps = 0;

@@ -3,8 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "store/task_file.h"
 #include "test_util.h"
@@ -16,13 +16,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::string kExample = test::data_path("example_house_126.ogg");
-
-int run_job(int ranks, const std::string& args, std::string* log) {
-  return test::run_command(std::string(BEATFARM_MPIEXEC) +
-                               " --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) +
-                               " " + BEATFARM_BINARY + " " + args,
-                           log);
-}
 
 std::string tiny_model(const test::TempDir& dir) {
   std::string folder = dir.file("tiny");
@@ -51,7 +44,7 @@ TEST(WanE2E, TwoRanksRenderPeaksWithTheTinyModel) {
   test::TempDir dir("bf_wan");
   std::string model = tiny_model(dir);
   std::string log;
-  ASSERT_EQ(run_job(2, wan_args(dir, model, "job"), &log), 0) << log;
+  ASSERT_EQ(test::run_beatfarm(2, wan_args(dir, model, "job"), &log), 0) << log;
   EXPECT_NE(log.find("wan: loaded"), std::string::npos) << log;
   std::ifstream in(dir.file("job/plan.json"));
   json plan = json::parse(in).at("plan");
@@ -79,7 +72,7 @@ TEST(WanE2E, TwoRanksRenderPeaksWithTheTinyModel) {
   EXPECT_NEAR(info.audio_duration, 8.0, 1.0 / 16);
 
   // Seeds come from the task, not the rank: one rank renders the same frames.
-  ASSERT_EQ(run_job(1, wan_args(dir, model, "one"), &log), 0) << log;
+  ASSERT_EQ(test::run_beatfarm(1, wan_args(dir, model, "one"), &log), 0) << log;
   EXPECT_EQ(hash_frames(video::read_video_frames(dir.file("one.mp4"))),
             hash_frames(video::read_video_frames(dir.file("job.mp4"))));
 }
@@ -88,7 +81,7 @@ TEST(WanE2E, SlicedModeCutsOneGeneration) {
   test::TempDir dir("bf_wan_sliced");
   std::string model = tiny_model(dir);
   std::string log;
-  ASSERT_EQ(run_job(2, wan_args(dir, model, "job", "--mode sliced"), &log), 0) << log;
+  ASSERT_EQ(test::run_beatfarm(2, wan_args(dir, model, "job", "--mode sliced"), &log), 0) << log;
   std::ifstream in(dir.file("job/plan.json"));
   json plan = json::parse(in).at("plan");
   ASSERT_EQ(plan.at("tasks")[0].at("kind"), "peak");
@@ -102,7 +95,7 @@ TEST(WanE2E, BatchSizeGeneratesSeveralClipsPerForward) {
   test::TempDir dir("bf_wan_batch");
   std::string model = tiny_model(dir);
   std::string log;
-  ASSERT_EQ(run_job(2, wan_args(dir, model, "job", "--batch-size 2"), &log), 0) << log;
+  ASSERT_EQ(test::run_beatfarm(2, wan_args(dir, model, "job", "--batch-size 2"), &log), 0) << log;
   std::ifstream in(dir.file("job/plan.json"));
   json plan = json::parse(in).at("plan");
   const json& first = plan.at("tasks")[0];
@@ -124,7 +117,7 @@ TEST(WanE2E, FourRanksAsTwoTensorParallelGroups) {
                               &log),
             0)
       << log;
-  ASSERT_EQ(run_job(4, wan_args(dir, folder, "tp", "--tp-size 2"), &log), 0) << log;
+  ASSERT_EQ(test::run_beatfarm(4, wan_args(dir, folder, "tp", "--tp-size 2"), &log), 0) << log;
   std::ifstream in(dir.file("tp/report.json"));
   json report = json::parse(in);
   std::set<int> ranks;
@@ -134,27 +127,29 @@ TEST(WanE2E, FourRanksAsTwoTensorParallelGroups) {
   EXPECT_EQ(ranks.size(), 2u) << "both groups rendered";
 
   // The sharded model renders what one rank renders (up to rounding to uint8).
-  ASSERT_EQ(run_job(1, wan_args(dir, folder, "one"), &log), 0) << log;
+  ASSERT_EQ(test::run_beatfarm(1, wan_args(dir, folder, "one"), &log), 0) << log;
   FrameStack sharded = video::read_video_frames(dir.file("tp.mp4"));
   FrameStack single = video::read_video_frames(dir.file("one.mp4"));
   ASSERT_EQ(sharded.rgb.size(), single.rgb.size());
   double diff = 0.0;
-  for (size_t i = 0; i < single.rgb.size(); ++i) diff += std::abs(int(sharded.rgb[i]) - int(single.rgb[i]));
+  for (size_t i = 0; i < single.rgb.size(); ++i)
+    diff += std::abs(int(sharded.rgb[i]) - int(single.rgb[i]));
   EXPECT_LT(diff / double(single.rgb.size()), 0.5);
 
   // A size that does not divide the heads is refused before loading.
-  EXPECT_EQ(run_job(4, wan_args(dir, folder, "bad", "--tp-size 4"), &log), 2) << log;
+  EXPECT_EQ(test::run_beatfarm(4, wan_args(dir, folder, "bad", "--tp-size 4"), &log), 2) << log;
   EXPECT_NE(log.find("not divisible by the tensor-parallel size 4"), std::string::npos) << log;
 }
 
 TEST(WanE2E, AMissingModelFailsBeforeRenderingWithTheDownloadHint) {
   test::TempDir dir("bf_wan_missing");
   std::string log;
-  int code = run_job(2,
-                     "--backend wan --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --cache-dir " +
-                         dir.file("hub") + " --audio " + kExample + " --output " +
-                         dir.file("o.mp4") + " --work-dir " + dir.file("w"),
-                     &log);
+  int code =
+      test::run_beatfarm(2,
+                         "--backend wan --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --cache-dir " +
+                             dir.file("hub") + " --audio " + kExample + " --output " +
+                             dir.file("o.mp4") + " --work-dir " + dir.file("w"),
+                         &log);
   EXPECT_EQ(code, 2) << log;
   EXPECT_NE(log.find("huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
             std::string::npos)
