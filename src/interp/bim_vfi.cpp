@@ -24,12 +24,15 @@ at::Tensor backward_warp(const at::Tensor& input, const at::Tensor& flow) {
   const int64_t height = flow.size(2);
   const int64_t width = flow.size(3);
   if (height < 2 || width < 2)
-    throw Error(beatfarm::str("backward_warp: flow field ", height, "x", width, " is smaller than 2x2"));
+    throw Error(
+        beatfarm::str("backward_warp: flow field ", height, "x", width, " is smaller than 2x2"));
   const auto options = flow.options();
   // Pixel centres of the outermost columns/rows sit at -1 and +1 (align_corners=True), so one
   // pixel is 2 / (size - 1) in grid units.
-  at::Tensor xs = at::linspace(-1.0, 1.0, width, options).view({1, 1, width}).expand({1, height, width});
-  at::Tensor ys = at::linspace(-1.0, 1.0, height, options).view({1, height, 1}).expand({1, height, width});
+  at::Tensor xs =
+      at::linspace(-1.0, 1.0, width, options).view({1, 1, width}).expand({1, height, width});
+  at::Tensor ys =
+      at::linspace(-1.0, 1.0, height, options).view({1, height, 1}).expand({1, height, width});
   at::Tensor grid_x = xs + flow.select(1, 0) * (2.0 / double(width - 1));   // [B, H, W]
   at::Tensor grid_y = ys + flow.select(1, 1) * (2.0 / double(height - 1));  // [B, H, W]
   at::Tensor grid = at::stack({grid_x, grid_y}, -1);                        // [B, H, W, 2]
@@ -38,19 +41,23 @@ at::Tensor backward_warp(const at::Tensor& input, const at::Tensor& flow) {
 
 at::Tensor cost_volume(const at::Tensor& one, const at::Tensor& two, int64_t kernel_size) {
   if (kernel_size < 1 || kernel_size % 2 == 0)
-    throw Error(beatfarm::str("cost_volume: kernel size ", kernel_size, " is not odd and positive"));
+    throw Error(
+        beatfarm::str("cost_volume: kernel size ", kernel_size, " is not odd and positive"));
   if (one.sizes() != two.sizes() || one.dim() != 4)
-    throw Error(beatfarm::str("cost_volume: feature shapes ", one.sizes(), " and ", two.sizes(), " differ"));
+    throw Error(beatfarm::str("cost_volume: feature shapes ", one.sizes(), " and ", two.sizes(),
+                              " differ"));
   const int64_t radius = (kernel_size - 1) / 2;
   const int64_t height = one.size(2);
   const int64_t width = one.size(3);
-  at::Tensor padded = at::constant_pad_nd(two, {radius, radius, radius, radius}, 0.0);  // [B, C, H+2r, W+2r]
+  at::Tensor padded =
+      at::constant_pad_nd(two, {radius, radius, radius, radius}, 0.0);  // [B, C, H+2r, W+2r]
   std::vector<at::Tensor> planes;
   planes.reserve(size_t(kernel_size * kernel_size));
   for (int64_t dy = 0; dy < kernel_size; ++dy) {
     for (int64_t dx = 0; dx < kernel_size; ++dx) {
-      at::Tensor shifted = padded.slice(2, dy, dy + height).slice(3, dx, dx + width);  // [B, C, H, W]
-      planes.push_back((one * shifted).sum(1));                                       // [B, H, W]
+      at::Tensor shifted =
+          padded.slice(2, dy, dy + height).slice(3, dx, dx + width);  // [B, C, H, W]
+      planes.push_back((one * shifted).sum(1));                       // [B, H, W]
     }
   }
   return at::stack(planes, 1);  // [B, k*k, H, W]
@@ -64,36 +71,48 @@ at::Tensor convex_upsample(const at::Tensor& field, const at::Tensor& logits, in
   if (logits.dim() != 4 || logits.size(0) != batch || logits.size(1) != 9 ||
       logits.size(2) != height * factor || logits.size(3) != width * factor)
     throw Error(beatfarm::str("convex_upsample: logits ", logits.sizes(), " do not match field ",
-                    field.sizes(), " x", factor));
-  at::Tensor weights = at::softmax(logits, 1);                      // [B, 9, fH, fW]
+                              field.sizes(), " x", factor));
+  at::Tensor weights = at::softmax(logits, 1);                     // [B, 9, fH, fW]
   at::Tensor padded = at::replication_pad2d(field, {1, 1, 1, 1});  // [B, C, H+2, W+2]
   at::Tensor out = at::zeros({batch, channels, height * factor, width * factor}, field.options());
   for (int64_t k = 0; k < 9; ++k) {
     const int64_t ky = k / 3;
     const int64_t kx = k % 3;
-    at::Tensor neighbour = padded.slice(2, ky, ky + height).slice(3, kx, kx + width);  // [B, C, H, W]
+    at::Tensor neighbour =
+        padded.slice(2, ky, ky + height).slice(3, kx, kx + width);  // [B, C, H, W]
     // Each coarse pixel covers a factor x factor block of output pixels.
-    at::Tensor spread = neighbour.unsqueeze(3).unsqueeze(5)
-                            .expand({batch, channels, height, factor, width, factor})
-                            .reshape({batch, channels, height * factor, width * factor});  // [B, C, fH, fW]
+    at::Tensor spread =
+        neighbour.unsqueeze(3)
+            .unsqueeze(5)
+            .expand({batch, channels, height, factor, width, factor})
+            .reshape({batch, channels, height * factor, width * factor});  // [B, C, fH, fW]
     out = out + weights.slice(1, k, k + 1) * spread;
   }
   return out;
 }
 
-std::pair<at::Tensor, at::Tensor> bim_from_flows(const at::Tensor& flow_t0, const at::Tensor& flow_t1) {
+std::pair<at::Tensor, at::Tensor> bim_from_flows(const at::Tensor& flow_t0,
+                                                 const at::Tensor& flow_t1) {
   at::Tensor norm0 = at::norm(flow_t0, 2, {1}, /*keepdim=*/true);  // [B, 1, H, W]
   at::Tensor norm1 = at::norm(flow_t1, 2, {1}, /*keepdim=*/true);
   at::Tensor x0 = flow_t0.slice(1, 0, 1), y0 = flow_t0.slice(1, 1, 2);
   at::Tensor x1 = flow_t1.slice(1, 0, 1), y1 = flow_t1.slice(1, 1, 2);
+  // The official formula divides by |V_t0| |V_t1| and |V_t0| + |V_t1|, undefined where a flow
+  // is (near) zero. There the angle falls back to pi (opposite directions, what the official
+  // inference assumes) and, when both are zero, the ratio to 1/2; elsewhere it is unchanged.
+  constexpr double kMinNorm = 1e-6;  // pixels of motion
   at::Tensor product = norm0 * norm1;
-  at::Tensor sin = (x0 * y1 - y0 * x1) / product;
-  at::Tensor cos = (x0 * x1 + y0 * y1) / product;
-  at::Tensor ratio = norm0 / (norm1 + norm0);
-  return {ratio, at::cat({cos, sin}, 1)};
+  at::Tensor angle_defined = product > kMinNorm * kMinNorm;
+  at::Tensor safe_product = product.clamp_min(kMinNorm * kMinNorm);
+  at::Tensor sin = at::where(angle_defined, (x0 * y1 - y0 * x1) / safe_product, 0.0);
+  at::Tensor cos = at::where(angle_defined, (x0 * x1 + y0 * y1) / safe_product, -1.0);
+  at::Tensor total = norm0 + norm1;
+  at::Tensor ratio = at::where(total > kMinNorm, norm0 / total.clamp_min(kMinNorm), 0.5);
+  return {ratio, at::cat({cos, sin}, 1)};  // [B, 1, H, W], [B, 2, H, W]
 }
 
-std::pair<at::Tensor, at::Tensor> uniform_bim(double t, int64_t batch, int64_t height, int64_t width) {
+std::pair<at::Tensor, at::Tensor> uniform_bim(double t, int64_t batch, int64_t height,
+                                              int64_t width) {
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   at::Tensor ratio = at::full({batch, 1, height, width}, t, f32);
   // torch.ones(...) * torch.pi is float32 pi; its sine is -8.7e-8, not 0.
@@ -120,7 +139,7 @@ int64_t coarsest_features(int64_t size, int levels) {
 int pyramid_levels_for(int64_t height, int64_t width) {
   if (std::min(height, width) < 5)
     throw InputError(beatfarm::str("BiM-VFI: frame ", width, "x", height,
-                         " is too small (at least 5 pixels per side)"));
+                                   " is too small (at least 5 pixels per side)"));
   int levels = height >= 2160 ? 7 : height >= 1080 ? 6 : 5;
   while (levels > 1 &&
          (coarsest_features(height, levels) < 2 || coarsest_features(width, levels) < 2))
@@ -135,7 +154,9 @@ int pyramid_levels_for(int64_t height, int64_t width) {
 
 namespace {
 
-at::Tensor leaky_relu(const at::Tensor& x, double slope) { return at::leaky_relu(x, slope); }
+at::Tensor leaky_relu(const at::Tensor& x, double slope) {
+  return at::leaky_relu(x, slope);
+}
 
 struct Conv2d {
   at::Tensor weight;  // [out, in, k, k]
@@ -161,10 +182,18 @@ struct Sequential {
   at::Tensor operator()(at::Tensor x) const {
     for (const Step& step : steps) {
       switch (step.kind) {
-        case Step::Kind::kConv: x = step.conv(x); break;
-        case Step::Kind::kPrelu: x = at::prelu(x, step.prelu_weight); break;
-        case Step::Kind::kLeakyRelu: x = leaky_relu(x, step.slope); break;
-        case Step::Kind::kPixelShuffle: x = at::pixel_shuffle(x, step.factor); break;
+        case Step::Kind::kConv:
+          x = step.conv(x);
+          break;
+        case Step::Kind::kPrelu:
+          x = at::prelu(x, step.prelu_weight);
+          break;
+        case Step::Kind::kLeakyRelu:
+          x = leaky_relu(x, step.slope);
+          break;
+        case Step::Kind::kPixelShuffle:
+          x = at::pixel_shuffle(x, step.factor);
+          break;
       }
     }
     return x;
@@ -224,10 +253,11 @@ struct BiMFN {
     at::Tensor corr1 = conv_corr(bim::cost_volume(warped1, warped0, 9));
     at::Tensor input = at::cat({corr0, corr1, warped0, warped1, conv_flow(flow_t0),
                                 conv_flow(flow_t1), conv_occ(last_occ)},
-                               1);  // [B, 18C, h, w]
+                               1);                          // [B, 18C, h, w]
     at::Tensor motion = conv3(conv2(conv1(conv0(input))));  // [B, 6C, h, w]
     at::Tensor features = modulate_features(motion);
-    at::Tensor bim_feat = features + features * modulate_ratio(dem(ratio)) * modulate_angle(aem(angle));
+    at::Tensor bim_feat =
+        features + features * modulate_ratio(dem(ratio)) * modulate_angle(aem(angle));
     return conv_out(bim_feat) + last_flow;
   }
 };
@@ -237,23 +267,25 @@ struct CAUN {
   Sequential enc0, enc1, enc2, kernel_x2, kernel_x4;
 
   // Returns {flow x4, flow x2, flow} and the occlusion upsampled x4.
-  std::pair<std::vector<at::Tensor>, at::Tensor> operator()(
-      const at::Tensor& flow, const std::vector<at::Tensor>& cfeat0,
-      const std::vector<at::Tensor>& cfeat1, const at::Tensor& last_occ) const {
+  std::pair<std::vector<at::Tensor>, at::Tensor> operator()(const at::Tensor& flow,
+                                                            const std::vector<at::Tensor>& cfeat0,
+                                                            const std::vector<at::Tensor>& cfeat1,
+                                                            const at::Tensor& last_occ) const {
     const int64_t height = flow.size(2);
     const int64_t width = flow.size(3);
     std::vector<at::Tensor> warped0, warped1;  // at 1/4, 1/2, 1/1
     for (int64_t i = 0; i < 3; ++i) {
       const int64_t scale = int64_t(1) << i;
-      at::Tensor flow_i = bim::resize_bilinear(flow * double(scale), height * scale, width * scale, false);
+      at::Tensor flow_i =
+          bim::resize_bilinear(flow * double(scale), height * scale, width * scale, false);
       warped0.push_back(bim::backward_warp(cfeat0[size_t(2 - i)], flow_i.slice(1, 0, 2)));
       warped1.push_back(bim::backward_warp(cfeat1[size_t(2 - i)], flow_i.slice(1, 2, 4)));
     }
     at::Tensor feature0 = enc0(at::cat({warped0[0], warped1[0]}, 1));  // [B, 4C, h, w]
-    at::Tensor feature1 =
-        enc1(at::cat({at::pixel_shuffle(feature0, 2), warped0[1], warped1[1]}, 1));  // [B, 4C, 2h, 2w]
-    at::Tensor feature2 =
-        enc2(at::cat({at::pixel_shuffle(feature1, 2), warped0[2], warped1[2]}, 1));  // [B, C, 4h, 4w]
+    at::Tensor feature1 = enc1(
+        at::cat({at::pixel_shuffle(feature0, 2), warped0[1], warped1[1]}, 1));  // [B, 4C, 2h, 2w]
+    at::Tensor feature2 = enc2(
+        at::cat({at::pixel_shuffle(feature1, 2), warped0[2], warped1[2]}, 1));  // [B, C, 4h, 4w]
     at::Tensor logits_x2 = kernel_x2(feature1);  // [B, 18, 2h, 2w]: 9 for V_t0, 9 for V_t1
     at::Tensor logits_x4 = kernel_x4(feature2);  // [B, 18, 4h, 4w]
     auto upsample = [&](const at::Tensor& logits, int64_t factor) {
@@ -284,15 +316,15 @@ struct SynthesisNetwork {
     at::Tensor warped_img0 = warp(img0, 0, true);
     at::Tensor warped_img1 = warp(img1, 0, false);
     at::Tensor s0 = conv_down1(at::cat({warped_img0, warped_img1, occ}, 1));  // [B, 2C, H, W]
-    at::Tensor s1 = conv_down2(
-        at::cat({s0, warp(cfeat0[0], 0, true), warp(cfeat1[0], 0, false)}, 1));  // [B, 2C, H/2, W/2]
-    at::Tensor s2 = conv_down3(
-        at::cat({s1, warp(cfeat0[1], 1, true), warp(cfeat1[1], 1, false)}, 1));  // [B, 4C, H/4, W/4]
-    at::Tensor x = conv_up1(
-        at::cat({s2, warp(cfeat0[2], 2, true), warp(cfeat1[2], 2, false)}, 1));  // [B, 2C, H/2, W/2]
-    x = conv_up2(at::cat({x, s1}, 1));                                           // [B, C, H, W]
-    x = conv_up3(at::cat({x, s0}, 1));                                           // [B, 2C, H, W]
-    at::Tensor refine = conv_out(x);                                             // [B, 4, H, W]
+    at::Tensor s1 = conv_down2(at::cat({s0, warp(cfeat0[0], 0, true), warp(cfeat1[0], 0, false)},
+                                       1));  // [B, 2C, H/2, W/2]
+    at::Tensor s2 = conv_down3(at::cat({s1, warp(cfeat0[1], 1, true), warp(cfeat1[1], 1, false)},
+                                       1));  // [B, 4C, H/4, W/4]
+    at::Tensor x = conv_up1(at::cat({s2, warp(cfeat0[2], 2, true), warp(cfeat1[2], 2, false)},
+                                    1));  // [B, 2C, H/2, W/2]
+    x = conv_up2(at::cat({x, s1}, 1));    // [B, C, H, W]
+    x = conv_up3(at::cat({x, s0}, 1));    // [B, 2C, H, W]
+    at::Tensor refine = conv_out(x);      // [B, 4, H, W]
     at::Tensor occ_out = occ + refine.slice(1, 3, 4);
     at::Tensor blend = at::sigmoid(occ_out);
     at::Tensor image = warped_img0 * blend + warped_img1 * (1 - blend) + refine.slice(1, 0, 3);
@@ -317,7 +349,7 @@ class Loader {
     if (!weights_->has(name))
       throw Error(beatfarm::str("BiM-VFI weights '", weights_->origin(), "' lack '", name, "'"));
     const std::vector<int64_t>& have = weights_->info(name).shape;
-    if (have != shape) models::expect_shape(at::empty(have, at::kByte), name, shape);  // throws
+    if (have != shape) models::expect_shape(models::meta_tensor(have), name, shape);  // throws
     return models::load_tensor(*weights_, name, at::kFloat, device_);
   }
 
@@ -366,7 +398,8 @@ class Loader {
 // Builds an nn.Sequential entry by entry, numbering them as PyTorch does.
 class SequentialBuilder {
  public:
-  SequentialBuilder(const Loader& load, std::string prefix) : load_(load), prefix_(std::move(prefix)) {}
+  SequentialBuilder(const Loader& load, std::string prefix)
+      : load_(load), prefix_(std::move(prefix)) {}
   SequentialBuilder& conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1,
                           int64_t padding = 0) {
     Step s;
@@ -447,52 +480,122 @@ void load_network(const Loader& load, BimVfi::Impl& m) {
   m.cfe = load.pyramid("cfe", c);
 
   BiMFN& f = m.bimfn;
-  f.conv_flow = SequentialBuilder(load, "bimfn.conv_flow").conv(2, 2 * c, 7, 1, 3).prelu(2 * c)
-                    .conv(2 * c, 2 * c, 3, 1, 1).prelu(2 * c).build();
-  f.conv_occ = SequentialBuilder(load, "bimfn.conv_occ").conv(1, 2 * c, 7, 1, 3).prelu(2 * c)
-                   .conv(2 * c, 2 * c, 3, 1, 1).prelu(2 * c).build();
-  f.conv_corr = SequentialBuilder(load, "bimfn.conv_corr").leaky_relu(0.1).conv(81, 2 * c, 1)
-                    .prelu(2 * c).conv(2 * c, 2 * c, 3, 1, 1).prelu(2 * c).build();
-  f.conv0 = SequentialBuilder(load, "bimfn.conv0").conv(18 * c, 12 * c, 1).prelu(12 * c)
-                .conv(12 * c, 12 * c, 3, 1, 1).build();
-  f.conv1 = SequentialBuilder(load, "bimfn.conv1").conv(12 * c, 8 * c, 1).prelu(8 * c)
-                .conv(8 * c, 8 * c, 3, 1, 1).build();
-  f.conv2 = SequentialBuilder(load, "bimfn.conv2").conv(8 * c, 6 * c, 1).prelu(6 * c)
-                .conv(6 * c, 6 * c, 3, 1, 1).build();
-  f.conv3 = SequentialBuilder(load, "bimfn.conv3").conv(6 * c, 6 * c, 1).prelu(6 * c)
-                .conv(6 * c, 6 * c, 3, 1, 1).build();
-  f.dem = SequentialBuilder(load, "bimfn.dem").conv(1, 4 * c, 1).prelu(4 * c).conv(4 * c, 6 * c, 1).build();
-  f.aem = SequentialBuilder(load, "bimfn.aem").conv(2, 4 * c, 1).prelu(4 * c).conv(4 * c, 6 * c, 1).build();
+  f.conv_flow = SequentialBuilder(load, "bimfn.conv_flow")
+                    .conv(2, 2 * c, 7, 1, 3)
+                    .prelu(2 * c)
+                    .conv(2 * c, 2 * c, 3, 1, 1)
+                    .prelu(2 * c)
+                    .build();
+  f.conv_occ = SequentialBuilder(load, "bimfn.conv_occ")
+                   .conv(1, 2 * c, 7, 1, 3)
+                   .prelu(2 * c)
+                   .conv(2 * c, 2 * c, 3, 1, 1)
+                   .prelu(2 * c)
+                   .build();
+  f.conv_corr = SequentialBuilder(load, "bimfn.conv_corr")
+                    .leaky_relu(0.1)
+                    .conv(81, 2 * c, 1)
+                    .prelu(2 * c)
+                    .conv(2 * c, 2 * c, 3, 1, 1)
+                    .prelu(2 * c)
+                    .build();
+  f.conv0 = SequentialBuilder(load, "bimfn.conv0")
+                .conv(18 * c, 12 * c, 1)
+                .prelu(12 * c)
+                .conv(12 * c, 12 * c, 3, 1, 1)
+                .build();
+  f.conv1 = SequentialBuilder(load, "bimfn.conv1")
+                .conv(12 * c, 8 * c, 1)
+                .prelu(8 * c)
+                .conv(8 * c, 8 * c, 3, 1, 1)
+                .build();
+  f.conv2 = SequentialBuilder(load, "bimfn.conv2")
+                .conv(8 * c, 6 * c, 1)
+                .prelu(6 * c)
+                .conv(6 * c, 6 * c, 3, 1, 1)
+                .build();
+  f.conv3 = SequentialBuilder(load, "bimfn.conv3")
+                .conv(6 * c, 6 * c, 1)
+                .prelu(6 * c)
+                .conv(6 * c, 6 * c, 3, 1, 1)
+                .build();
+  f.dem = SequentialBuilder(load, "bimfn.dem")
+              .conv(1, 4 * c, 1)
+              .prelu(4 * c)
+              .conv(4 * c, 6 * c, 1)
+              .build();
+  f.aem = SequentialBuilder(load, "bimfn.aem")
+              .conv(2, 4 * c, 1)
+              .prelu(4 * c)
+              .conv(4 * c, 6 * c, 1)
+              .build();
   f.modulate_features = load.norm_res_block("bimfn.bim_mconv.conv_FV", 6 * c);
   f.modulate_ratio = load.norm_res_block("bimfn.bim_mconv.conv_r", 6 * c);
   f.modulate_angle = load.norm_res_block("bimfn.bim_mconv.conv_phi", 6 * c);
-  f.conv_out = SequentialBuilder(load, "bimfn.conv_out").conv(6 * c, 4 * c, 1).prelu(4 * c)
-                   .conv(4 * c, 4, 1).build();
+  f.conv_out = SequentialBuilder(load, "bimfn.conv_out")
+                   .conv(6 * c, 4 * c, 1)
+                   .prelu(4 * c)
+                   .conv(4 * c, 4, 1)
+                   .build();
 
   CAUN& u = m.caun;
   u.enc0 = SequentialBuilder(load, "caun.enc0").conv(8 * c, 4 * c, 3, 1, 1).prelu(4 * c).build();
   u.enc1 = SequentialBuilder(load, "caun.enc1").conv(5 * c, 4 * c, 3, 1, 1).prelu(4 * c).build();
   u.enc2 = SequentialBuilder(load, "caun.enc2").conv(3 * c, c, 3, 1, 1).prelu(c).build();
-  u.kernel_x2 = SequentialBuilder(load, "caun.kernel_x2").conv(4 * c, 2 * c, 3, 1, 1).prelu(2 * c)
-                    .conv(2 * c, 18, 3, 1, 1).build();
-  u.kernel_x4 = SequentialBuilder(load, "caun.kernel_x4").conv(c, c, 3, 1, 1).prelu(c)
-                    .conv(c, 18, 3, 1, 1).build();
+  u.kernel_x2 = SequentialBuilder(load, "caun.kernel_x2")
+                    .conv(4 * c, 2 * c, 3, 1, 1)
+                    .prelu(2 * c)
+                    .conv(2 * c, 18, 3, 1, 1)
+                    .build();
+  u.kernel_x4 = SequentialBuilder(load, "caun.kernel_x4")
+                    .conv(c, c, 3, 1, 1)
+                    .prelu(c)
+                    .conv(c, 18, 3, 1, 1)
+                    .build();
 
   SynthesisNetwork& s = m.sn;
-  s.conv_down1 = SequentialBuilder(load, "sn.conv_down1").conv(7, c, 7, 1, 3).prelu(c)
-                     .conv(c, 2 * c, 3, 1, 1).prelu(2 * c).build();
-  s.conv_down2 = SequentialBuilder(load, "sn.conv_down2").conv(4 * c, 2 * c, 2, 2, 0).prelu(2 * c)
-                     .conv(2 * c, 2 * c, 3, 1, 1).prelu(2 * c).conv(2 * c, 2 * c, 3, 1, 1)
-                     .prelu(2 * c).build();
-  s.conv_down3 = SequentialBuilder(load, "sn.conv_down3").conv(6 * c, 4 * c, 2, 2, 0).prelu(4 * c)
-                     .conv(4 * c, 4 * c, 3, 1, 1).prelu(4 * c).conv(4 * c, 4 * c, 3, 1, 1)
-                     .prelu(4 * c).build();
-  s.conv_up1 = SequentialBuilder(load, "sn.conv_up1").conv(12 * c, 8 * c, 3, 1, 1).pixel_shuffle(2)
-                   .prelu(2 * c).conv(2 * c, 2 * c, 3, 1, 1).prelu(2 * c).build();
-  s.conv_up2 = SequentialBuilder(load, "sn.conv_up2").conv(4 * c, 4 * c, 3, 1, 1).pixel_shuffle(2)
-                   .prelu(c).conv(c, c, 3, 1, 1).prelu(c).build();
-  s.conv_up3 = SequentialBuilder(load, "sn.conv_up3").conv(3 * c, 2 * c, 3, 1, 1).prelu(2 * c)
-                   .conv(2 * c, 2 * c, 3, 1, 1).prelu(2 * c).build();
+  s.conv_down1 = SequentialBuilder(load, "sn.conv_down1")
+                     .conv(7, c, 7, 1, 3)
+                     .prelu(c)
+                     .conv(c, 2 * c, 3, 1, 1)
+                     .prelu(2 * c)
+                     .build();
+  s.conv_down2 = SequentialBuilder(load, "sn.conv_down2")
+                     .conv(4 * c, 2 * c, 2, 2, 0)
+                     .prelu(2 * c)
+                     .conv(2 * c, 2 * c, 3, 1, 1)
+                     .prelu(2 * c)
+                     .conv(2 * c, 2 * c, 3, 1, 1)
+                     .prelu(2 * c)
+                     .build();
+  s.conv_down3 = SequentialBuilder(load, "sn.conv_down3")
+                     .conv(6 * c, 4 * c, 2, 2, 0)
+                     .prelu(4 * c)
+                     .conv(4 * c, 4 * c, 3, 1, 1)
+                     .prelu(4 * c)
+                     .conv(4 * c, 4 * c, 3, 1, 1)
+                     .prelu(4 * c)
+                     .build();
+  s.conv_up1 = SequentialBuilder(load, "sn.conv_up1")
+                   .conv(12 * c, 8 * c, 3, 1, 1)
+                   .pixel_shuffle(2)
+                   .prelu(2 * c)
+                   .conv(2 * c, 2 * c, 3, 1, 1)
+                   .prelu(2 * c)
+                   .build();
+  s.conv_up2 = SequentialBuilder(load, "sn.conv_up2")
+                   .conv(4 * c, 4 * c, 3, 1, 1)
+                   .pixel_shuffle(2)
+                   .prelu(c)
+                   .conv(c, c, 3, 1, 1)
+                   .prelu(c)
+                   .build();
+  s.conv_up3 = SequentialBuilder(load, "sn.conv_up3")
+                   .conv(3 * c, 2 * c, 3, 1, 1)
+                   .prelu(2 * c)
+                   .conv(2 * c, 2 * c, 3, 1, 1)
+                   .prelu(2 * c)
+                   .build();
   s.conv_out = load.conv("sn.conv_out", 2 * c, 4, 3, 1, 1);
 }
 
@@ -501,14 +604,15 @@ void check_images(const at::Tensor& img0, const at::Tensor& img1) {
   if (img0.dim() != 4 || img0.size(1) != 3)
     throw InputError(beatfarm::str("BiM-VFI: images must be [B, 3, H, W], got ", img0.sizes()));
   if (img0.sizes() != img1.sizes())
-    throw InputError(beatfarm::str("BiM-VFI: image shapes ", img0.sizes(), " and ", img1.sizes(), " differ"));
+    throw InputError(
+        beatfarm::str("BiM-VFI: image shapes ", img0.sizes(), " and ", img1.sizes(), " differ"));
   if (!at::isFloatingType(img0.scalar_type()) || !at::isFloatingType(img1.scalar_type()))
     throw InputError("BiM-VFI: images must be floating point in [0, 1]");
 }
 
 at::Tensor frame_to_tensor(const Frame& frame, at::Device device) {
   at::Tensor hwc = at::from_blob(const_cast<uint8_t*>(frame.rgb.data()),
-                                 {frame.height, frame.width, 3}, at::kByte);  // [H, W, 3]
+                                 {frame.height, frame.width, 3}, at::kByte);        // [H, W, 3]
   return hwc.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat).div(255.0).to(device);  // [1, 3, H, W]
 }
 
@@ -532,7 +636,9 @@ std::vector<ParamSpec> BimVfi::parameter_specs() {
   return specs;
 }
 
-at::Device BimVfi::device() const { return impl_->device; }
+at::Device BimVfi::device() const {
+  return impl_->device;
+}
 
 BimVfiResult BimVfi::run(const at::Tensor& img0_in, const at::Tensor& img1_in, double t,
                          int pyramid_levels) const {
@@ -546,15 +652,17 @@ BimVfiResult BimVfi::run(const at::Tensor& img0_in, const at::Tensor& img1_in, d
   const int64_t padded_h = (height + divisor - 1) / divisor * divisor;
   const int64_t padded_w = (width + divisor - 1) / divisor * divisor;
   if (levels > 12 || padded_h / divisor < 2 || padded_w / divisor < 2)
-    throw InputError(beatfarm::str("BiM-VFI: ", levels, " pyramid levels are too many for a ", width, "x",
-                         height, " frame (the coarsest features would be under 2 pixels)"));
+    throw InputError(beatfarm::str("BiM-VFI: ", levels, " pyramid levels are too many for a ",
+                                   width, "x", height,
+                                   " frame (the coarsest features would be under 2 pixels)"));
 
   at::NoGradGuard no_grad;
   at::Tensor img0 = img0_in.to(impl_->device, at::kFloat);
   at::Tensor img1 = img1_in.to(impl_->device, at::kFloat);
 
   // Normalise both frames by their joint mean and (population) standard deviation.
-  at::Tensor mean0 = img0.mean({1, 2, 3}, true), mean1 = img1.mean({1, 2, 3}, true);  // [B, 1, 1, 1]
+  at::Tensor mean0 = img0.mean({1, 2, 3}, true),
+             mean1 = img1.mean({1, 2, 3}, true);  // [B, 1, 1, 1]
   at::Tensor mean = (mean0 + mean1) / 2;
   at::Tensor var0 = img0.var({1, 2, 3}, /*unbiased=*/false, true) + (mean - mean0).square();
   at::Tensor var1 = img1.var({1, 2, 3}, /*unbiased=*/false, true) + (mean - mean1).square();
@@ -595,17 +703,16 @@ at::Tensor BimVfi::interpolate(const at::Tensor& img0, const at::Tensor& img1, d
   return run(img0, img1, t, pyramid_levels).image.clamp(0.0, 1.0);
 }
 
-FrameStack BimVfi::between(const Frame& frame0, const Frame& frame1, int count,
-                           int pyramid_levels,
+FrameStack BimVfi::between(const Frame& frame0, const Frame& frame1, int count, int pyramid_levels,
                            const std::function<void(int, int)>& on_frame) const {
   if (count < 0) throw InputError(beatfarm::str("BiM-VFI: frame count ", count, " is negative"));
   if (frame0.height != frame1.height || frame0.width != frame1.width)
     throw InputError(beatfarm::str("BiM-VFI: frames ", frame0.width, "x", frame0.height, " and ",
-                         frame1.width, "x", frame1.height, " differ in size"));
+                                   frame1.width, "x", frame1.height, " differ in size"));
   for (const Frame* f : {&frame0, &frame1})
     if (f->rgb.size() != size_t(f->height) * size_t(f->width) * 3)
       throw InputError(beatfarm::str("BiM-VFI: frame buffer holds ", f->rgb.size(), " bytes, not ",
-                           f->height, "x", f->width, "x3"));
+                                     f->height, "x", f->width, "x3"));
   FrameStack stack(count, frame0.height, frame0.width);
   if (count == 0) return stack;
   at::Tensor img0 = frame_to_tensor(frame0, impl_->device);
@@ -613,8 +720,12 @@ FrameStack BimVfi::between(const Frame& frame0, const Frame& frame1, int count,
   for (int k = 0; k < count; ++k) {
     const double t = double(k + 1) / double(count + 1);
     at::Tensor image = interpolate(img0, img1, t, pyramid_levels);  // [1, 3, H, W]
-    at::Tensor bytes = image.mul(255.0).round().to(at::kCPU, at::kByte)
-                           .squeeze(0).permute({1, 2, 0}).contiguous();  // [H, W, 3]
+    at::Tensor bytes = image.mul(255.0)
+                           .round()
+                           .to(at::kCPU, at::kByte)
+                           .squeeze(0)
+                           .permute({1, 2, 0})
+                           .contiguous();  // [H, W, 3]
     std::copy_n(bytes.data_ptr<uint8_t>(), stack.frame_bytes(), stack.frame(k));
     if (on_frame) on_frame(k + 1, count);
   }
@@ -635,19 +746,32 @@ struct PyObject;
 using PyRef = std::shared_ptr<PyObject>;
 
 struct PyObject {
-  enum class Kind { kNone, kBool, kInt, kFloat, kString, kBytes, kList, kTuple, kDict, kGlobal,
-                    kObject, kStorage, kTensor };
+  enum class Kind {
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kBytes,
+    kList,
+    kTuple,
+    kDict,
+    kGlobal,
+    kObject,
+    kStorage,
+    kTensor
+  };
   Kind kind = Kind::kNone;
   int64_t integer = 0;
   double real = 0.0;
-  std::string text;  // string, bytes, "module.name" of a global, storage key
-  std::vector<PyRef> items;                       // list / tuple / object args
-  std::vector<std::pair<PyRef, PyRef>> entries;   // dict, in insertion order
-  PyRef callable;                                 // object: what built it
-  at::ScalarType dtype = at::kFloat;              // storage / tensor
-  int64_t offset = 0;                             // tensor: storage offset (elements)
-  std::vector<int64_t> sizes, strides;            // tensor
-  PyRef storage;                                  // tensor
+  std::string text;          // string, bytes, "module.name" of a global, storage key
+  std::vector<PyRef> items;  // list / tuple / object args
+  std::vector<std::pair<PyRef, PyRef>> entries;  // dict, in insertion order
+  PyRef callable;                                // object: what built it
+  at::ScalarType dtype = at::kFloat;             // storage / tensor
+  int64_t offset = 0;                            // tensor: storage offset (elements)
+  std::vector<int64_t> sizes, strides;           // tensor
+  PyRef storage;                                 // tensor
 };
 
 PyRef make(PyObject::Kind kind) {
@@ -658,30 +782,43 @@ PyRef make(PyObject::Kind kind) {
 
 const char* kind_name(PyObject::Kind kind) {
   switch (kind) {
-    case PyObject::Kind::kNone: return "None";
-    case PyObject::Kind::kBool: return "bool";
-    case PyObject::Kind::kInt: return "int";
-    case PyObject::Kind::kFloat: return "float";
-    case PyObject::Kind::kString: return "str";
-    case PyObject::Kind::kBytes: return "bytes";
-    case PyObject::Kind::kList: return "list";
-    case PyObject::Kind::kTuple: return "tuple";
-    case PyObject::Kind::kDict: return "dict";
-    case PyObject::Kind::kGlobal: return "global";
-    case PyObject::Kind::kObject: return "object";
-    case PyObject::Kind::kStorage: return "storage";
-    case PyObject::Kind::kTensor: return "tensor";
+    case PyObject::Kind::kNone:
+      return "None";
+    case PyObject::Kind::kBool:
+      return "bool";
+    case PyObject::Kind::kInt:
+      return "int";
+    case PyObject::Kind::kFloat:
+      return "float";
+    case PyObject::Kind::kString:
+      return "str";
+    case PyObject::Kind::kBytes:
+      return "bytes";
+    case PyObject::Kind::kList:
+      return "list";
+    case PyObject::Kind::kTuple:
+      return "tuple";
+    case PyObject::Kind::kDict:
+      return "dict";
+    case PyObject::Kind::kGlobal:
+      return "global";
+    case PyObject::Kind::kObject:
+      return "object";
+    case PyObject::Kind::kStorage:
+      return "storage";
+    case PyObject::Kind::kTensor:
+      return "tensor";
   }
   return "?";
 }
 
 at::ScalarType storage_dtype(const std::string& type_name, const std::string& origin) {
   static const std::map<std::string, at::ScalarType> kTypes{
-      {"torch.FloatStorage", at::kFloat},   {"torch.DoubleStorage", at::kDouble},
-      {"torch.HalfStorage", at::kHalf},     {"torch.BFloat16Storage", at::kBFloat16},
-      {"torch.LongStorage", at::kLong},     {"torch.IntStorage", at::kInt},
-      {"torch.ShortStorage", at::kShort},   {"torch.CharStorage", at::kChar},
-      {"torch.ByteStorage", at::kByte},     {"torch.BoolStorage", at::kBool}};
+      {"torch.FloatStorage", at::kFloat}, {"torch.DoubleStorage", at::kDouble},
+      {"torch.HalfStorage", at::kHalf},   {"torch.BFloat16Storage", at::kBFloat16},
+      {"torch.LongStorage", at::kLong},   {"torch.IntStorage", at::kInt},
+      {"torch.ShortStorage", at::kShort}, {"torch.CharStorage", at::kChar},
+      {"torch.ByteStorage", at::kByte},   {"torch.BoolStorage", at::kBool}};
   auto found = kTypes.find(type_name);
   if (found == kTypes.end())
     throw InputError(beatfarm::str("'", origin, "': unsupported tensor storage type ", type_name));
@@ -701,22 +838,51 @@ class Unpickler {
       const size_t at = pos_;
       const uint8_t op = byte();
       switch (op) {
-        case 0x80: byte(); break;                       // PROTO
-        case 0x95: bytes(8); break;                     // FRAME
-        case '.': return pop();                         // STOP
-        case '(': marks_.push_back(stack_.size()); break;  // MARK
-        case '}': push(make(PyObject::Kind::kDict)); break;
-        case ']': push(make(PyObject::Kind::kList)); break;
-        case ')': push(make(PyObject::Kind::kTuple)); break;
-        case 'N': push(make(PyObject::Kind::kNone)); break;
-        case 0x88: push(boolean(true)); break;
-        case 0x89: push(boolean(false)); break;
-        case 'K': push(integer(byte())); break;                           // BININT1
-        case 'M': push(integer(int64_t(le(2)))); break;                   // BININT2
-        case 'J': push(integer(int64_t(int32_t(uint32_t(le(4)))))); break;  // BININT
-        case 0x8a: push(long_integer(byte())); break;                     // LONG1
-        case 0x8b: push(long_integer(le(4))); break;                      // LONG4
-        case 'G': {                                                       // BINFLOAT (big-endian)
+        case 0x80:
+          byte();
+          break;  // PROTO
+        case 0x95:
+          bytes(8);
+          break;  // FRAME
+        case '.':
+          return pop();  // STOP
+        case '(':
+          marks_.push_back(stack_.size());
+          break;  // MARK
+        case '}':
+          push(make(PyObject::Kind::kDict));
+          break;
+        case ']':
+          push(make(PyObject::Kind::kList));
+          break;
+        case ')':
+          push(make(PyObject::Kind::kTuple));
+          break;
+        case 'N':
+          push(make(PyObject::Kind::kNone));
+          break;
+        case 0x88:
+          push(boolean(true));
+          break;
+        case 0x89:
+          push(boolean(false));
+          break;
+        case 'K':
+          push(integer(byte()));
+          break;  // BININT1
+        case 'M':
+          push(integer(int64_t(le(2))));
+          break;  // BININT2
+        case 'J':
+          push(integer(int64_t(int32_t(uint32_t(le(4))))));
+          break;  // BININT
+        case 0x8a:
+          push(long_integer(byte()));
+          break;  // LONG1
+        case 0x8b:
+          push(long_integer(le(4)));
+          break;     // LONG4
+        case 'G': {  // BINFLOAT (big-endian)
           uint64_t bits = 0;
           for (int i = 0; i < 8; ++i) bits = (bits << 8) | byte();
           auto value = make(PyObject::Kind::kFloat);
@@ -724,21 +890,53 @@ class Unpickler {
           push(value);
           break;
         }
-        case 'X': push(text(PyObject::Kind::kString, le(4))); break;     // BINUNICODE
-        case 0x8c: push(text(PyObject::Kind::kString, byte())); break;  // SHORT_BINUNICODE
-        case 'T': push(text(PyObject::Kind::kString, le(4))); break;     // BINSTRING
-        case 'U': push(text(PyObject::Kind::kString, byte())); break;   // SHORT_BINSTRING
-        case 'B': push(text(PyObject::Kind::kBytes, le(4))); break;      // BINBYTES
-        case 'C': push(text(PyObject::Kind::kBytes, byte())); break;    // SHORT_BINBYTES
-        case 't': push(tuple(pop_mark())); break;
-        case 0x85: { auto a = pop(); push(tuple({a})); break; }
-        case 0x86: { auto b = pop(), a = pop(); push(tuple({a, b})); break; }
-        case 0x87: { auto c = pop(), b = pop(), a = pop(); push(tuple({a, b, c})); break; }
-        case 'l': { auto list = make(PyObject::Kind::kList); list->items = pop_mark(); push(list); break; }
+        case 'X':
+          push(text(PyObject::Kind::kString, le(4)));
+          break;  // BINUNICODE
+        case 0x8c:
+          push(text(PyObject::Kind::kString, byte()));
+          break;  // SHORT_BINUNICODE
+        case 'T':
+          push(text(PyObject::Kind::kString, le(4)));
+          break;  // BINSTRING
+        case 'U':
+          push(text(PyObject::Kind::kString, byte()));
+          break;  // SHORT_BINSTRING
+        case 'B':
+          push(text(PyObject::Kind::kBytes, le(4)));
+          break;  // BINBYTES
+        case 'C':
+          push(text(PyObject::Kind::kBytes, byte()));
+          break;  // SHORT_BINBYTES
+        case 't':
+          push(tuple(pop_mark()));
+          break;
+        case 0x85: {
+          auto a = pop();
+          push(tuple({a}));
+          break;
+        }
+        case 0x86: {
+          auto b = pop(), a = pop();
+          push(tuple({a, b}));
+          break;
+        }
+        case 0x87: {
+          auto c = pop(), b = pop(), a = pop();
+          push(tuple({a, b, c}));
+          break;
+        }
+        case 'l': {
+          auto list = make(PyObject::Kind::kList);
+          list->items = pop_mark();
+          push(list);
+          break;
+        }
         case 'd': {
           auto dict = make(PyObject::Kind::kDict);
           std::vector<PyRef> items = pop_mark();
-          for (size_t i = 0; i + 1 < items.size(); i += 2) dict->entries.emplace_back(items[i], items[i + 1]);
+          for (size_t i = 0; i + 1 < items.size(); i += 2)
+            dict->entries.emplace_back(items[i], items[i + 1]);
           push(dict);
           break;
         }
@@ -752,12 +950,26 @@ class Unpickler {
           push(global(module->text + "." + name->text));
           break;
         }
-        case 'q': memo_[byte()] = top(); break;       // BINPUT
-        case 'r': memo_[le(4)] = top(); break;        // LONG_BINPUT
-        case 0x94: memo_[memo_.size()] = top(); break;  // MEMOIZE
-        case 'h': push(memo(byte(), at)); break;      // BINGET
-        case 'j': push(memo(le(4), at)); break;       // LONG_BINGET
-        case 'a': { auto value = pop(); appendable(top(), at)->items.push_back(value); break; }
+        case 'q':
+          memo_[byte()] = top();
+          break;  // BINPUT
+        case 'r':
+          memo_[le(4)] = top();
+          break;  // LONG_BINPUT
+        case 0x94:
+          memo_[memo_.size()] = top();
+          break;  // MEMOIZE
+        case 'h':
+          push(memo(byte(), at));
+          break;  // BINGET
+        case 'j':
+          push(memo(le(4), at));
+          break;  // LONG_BINGET
+        case 'a': {
+          auto value = pop();
+          appendable(top(), at)->items.push_back(value);
+          break;
+        }
         case 'e': {
           std::vector<PyRef> values = pop_mark();
           auto& list = appendable(top(), at)->items;
@@ -769,7 +981,11 @@ class Unpickler {
           set_items(top(), {key, value}, at);
           break;
         }
-        case 'u': { std::vector<PyRef> items = pop_mark(); set_items(top(), items, at); break; }
+        case 'u': {
+          std::vector<PyRef> items = pop_mark();
+          set_items(top(), items, at);
+          break;
+        }
         case 'R': {  // REDUCE
           auto args = pop(), callable = pop();
           push(reduce(callable, args, at));
@@ -780,26 +996,46 @@ class Unpickler {
           push(reduce(cls, args, at));
           break;
         }
-        case 'b': {  // BUILD: state on the object below; dict state (OrderedDict._metadata) is dropped
+        case 'b': {  // BUILD: state on the object below; dict state (OrderedDict._metadata) is
+                     // dropped
           auto state = pop();
           (void)state;
           top();
           break;
         }
-        case 'Q': push(persistent(pop(), at)); break;  // BINPERSID
-        case '0': pop(); break;                         // POP
-        case '1': pop_mark(); break;                    // POP_MARK
-        case '2': push(top()); break;                   // DUP
-        case 0x8d: push(text(PyObject::Kind::kString, le(8))); break;  // BINUNICODE8
-        case 0x8e: push(text(PyObject::Kind::kBytes, le(8))); break;   // BINBYTES8
-        case 0x8f: push(make(PyObject::Kind::kList)); break;           // EMPTY_SET (as a list)
-        case 0x90: {                                                   // ADDITEMS
+        case 'Q':
+          push(persistent(pop(), at));
+          break;  // BINPERSID
+        case '0':
+          pop();
+          break;  // POP
+        case '1':
+          pop_mark();
+          break;  // POP_MARK
+        case '2':
+          push(top());
+          break;  // DUP
+        case 0x8d:
+          push(text(PyObject::Kind::kString, le(8)));
+          break;  // BINUNICODE8
+        case 0x8e:
+          push(text(PyObject::Kind::kBytes, le(8)));
+          break;  // BINBYTES8
+        case 0x8f:
+          push(make(PyObject::Kind::kList));
+          break;      // EMPTY_SET (as a list)
+        case 0x90: {  // ADDITEMS
           std::vector<PyRef> values = pop_mark();
           auto& set = top()->items;
           set.insert(set.end(), values.begin(), values.end());
           break;
         }
-        case 0x91: { auto set = make(PyObject::Kind::kList); set->items = pop_mark(); push(set); break; }
+        case 0x91: {
+          auto set = make(PyObject::Kind::kList);
+          set->items = pop_mark();
+          push(set);
+          break;
+        }
         case 0x92: {  // NEWOBJ_EX cls args kwargs
           pop();
           auto args = pop(), cls = pop();
@@ -903,12 +1139,15 @@ class Unpickler {
   }
   // Lists, and objects built by unknown callables (a deque, a custom list type).
   const PyRef& appendable(const PyRef& target, size_t at) const {
-    return target->kind == PyObject::Kind::kObject ? target : expect(target, PyObject::Kind::kList, at);
+    return target->kind == PyObject::Kind::kObject ? target
+                                                   : expect(target, PyObject::Kind::kList, at);
   }
   // Dicts, and objects built by unknown callables (a defaultdict, a custom mapping).
   void set_items(const PyRef& target, const std::vector<PyRef>& items, size_t at) {
-    auto& dict = (target->kind == PyObject::Kind::kObject ? target
-                                                          : expect(target, PyObject::Kind::kDict, at))->entries;
+    auto& dict =
+        (target->kind == PyObject::Kind::kObject ? target
+                                                 : expect(target, PyObject::Kind::kDict, at))
+            ->entries;
     for (size_t i = 0; i + 1 < items.size(); i += 2) dict.emplace_back(items[i], items[i + 1]);
   }
   std::vector<int64_t> int_tuple(const PyRef& value, size_t at) const {
@@ -931,7 +1170,8 @@ class Unpickler {
       tensor->offset = expect(a[1], PyObject::Kind::kInt, at)->integer;
       tensor->sizes = int_tuple(a[2], at);
       tensor->strides = int_tuple(a[3], at);
-      if (tensor->sizes.size() != tensor->strides.size()) fail(at, "tensor sizes and strides differ in rank");
+      if (tensor->sizes.size() != tensor->strides.size())
+        fail(at, "tensor sizes and strides differ in rank");
       return tensor;
     }
     if (name == "torch._utils._rebuild_parameter" || name == "torch.jit._pickle.restore_type_tag") {
@@ -1034,7 +1274,8 @@ std::map<std::string, at::Tensor> read_torch_checkpoint(const std::string& path)
       const size_t element = c10::elementSize(storage->dtype);
       if (size != size_t(storage->integer) * element)
         throw InputError(beatfarm::str("checkpoint '", path, "': storage of '", key->text, "' has ",
-                                       size, " bytes, expected ", storage->integer, " x ", element));
+                                       size, " bytes, expected ", storage->integer, " x ",
+                                       element));
       flat = at::empty({storage->integer}, at::TensorOptions().dtype(storage->dtype));
       std::memcpy(flat.data_ptr(), bytes.get(), size);
     }
@@ -1044,12 +1285,12 @@ std::map<std::string, at::Tensor> read_torch_checkpoint(const std::string& path)
     if (value->offset < 0 || last >= flat.numel())
       throw InputError(beatfarm::str("checkpoint '", path, "': tensor '", key->text,
                                      "' lies outside its storage"));
-    tensors[name] = flat.as_strided(value->sizes, value->strides, value->offset)
-                        .to(at::kFloat)
-                        .contiguous();
+    tensors[name] =
+        flat.as_strided(value->sizes, value->strides, value->offset).to(at::kFloat).contiguous();
   }
   if (tensors.empty())
-    throw InputError(beatfarm::str("checkpoint '", path, "' holds no tensors under 'model', "
+    throw InputError(beatfarm::str("checkpoint '", path,
+                                   "' holds no tensors under 'model', "
                                    "'state_dict' or at its top level"));
   return tensors;
 }
@@ -1089,7 +1330,8 @@ std::vector<std::pair<std::string, at::Tensor>> random_parameters(uint64_t seed)
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   auto ends_with = [](const std::string& name, const std::string& tail) {
-    return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+    return name.size() >= tail.size() &&
+           name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
   };
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const ParamSpec& spec : BimVfi::parameter_specs()) {

@@ -178,8 +178,10 @@ at::Tensor WanImageToVideoPipeline::prepare_condition(
 
   const at::Tensor mean = vae.encode(video).mean;  // [1, z, f, h, w] float32 (sample_mode argmax)
   if (intermediates) intermediates->latent_condition_raw = mean.detach().cpu();
-  at::Tensor latent_condition =
-      vae.normalize_latents(mean).to(at::kFloat);  // (x - mean) * (1 / std)
+  // Diffusers' __call__ hands prepare_latents dtype=torch.float32: the posterior mean is cast
+  // to float32 and normalised there, (x - mean) * (1 / std) with float32 statistics, whatever
+  // the transformer dtype; the condition meets that dtype only in the per-step model input.
+  at::Tensor latent_condition = vae.normalize_latents(mean).to(at::kFloat);  // [1, z, f, h, w]
   const int64_t latent_frames = latent_condition.size(2);
   const int64_t latent_h = latent_condition.size(3), latent_w = latent_condition.size(4);
 

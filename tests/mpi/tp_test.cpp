@@ -8,6 +8,7 @@
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -54,13 +55,28 @@ TEST(TensorParallel, AllReduceSumsEveryRanksTensor) {
   const double ranks_sum = n * (n + 1) / 2.0;
   EXPECT_TRUE(at::equal(x, at::arange(10, at::kFloat) * float(ranks_sum)));
   EXPECT_TRUE(at::equal(sum, x));
-  // bfloat16 is summed in float32 and rounded once.
-  at::Tensor half = at::full({3, 5}, 0.1 * (r + 1), at::kBFloat16);
-  at::Tensor expected =
-      (at::full({3, 5}, 0.1, at::kBFloat16).to(at::kFloat) * float(ranks_sum)).to(at::kBFloat16);
-  half = comm->all_reduce_sum(half);
+  // bfloat16 is summed in float32 and rounded once. Values whose partial sums are bf16 ties
+  // (256 + 1 rounds to 256, 1 + 2^-8 to 1) tell that apart from adding rank by rank in bf16:
+  // with 3 ranks 256 + 1 + 1 is 258 once rounded, 256 step by step.
+  auto contribution = [](int rank) {
+    const float tiny = std::ldexp(1.0f, -8);
+    return at::tensor({rank == 0 ? 256.0f : 1.0f, rank == 0 ? 1.0f : tiny, 0.1f * (rank + 1)},
+                      at::kFloat)
+        .to(at::kBFloat16);  // [3]
+  };
+  at::Tensor fp32_sum = at::zeros({3}, at::kFloat);  // exact: every partial sum fits in fp32
+  at::Tensor bf16_steps = contribution(0);
+  for (int q = 0; q < n; ++q) {
+    fp32_sum += contribution(q).to(at::kFloat);
+    if (q > 0) bf16_steps = bf16_steps + contribution(q);  // rounds to bf16 at every step
+  }
+  const at::Tensor expected = fp32_sum.to(at::kBFloat16);
+  if (n >= 3) {
+    EXPECT_GT(max_difference(bf16_steps, expected), 1.0);
+  }
+  at::Tensor half = comm->all_reduce_sum(contribution(r));
   EXPECT_EQ(half.scalar_type(), at::kBFloat16);
-  EXPECT_LE(max_difference(half, expected), 0.02);
+  EXPECT_TRUE(at::equal(half, expected)) << half << expected;
   // int64, and a non-contiguous view (updated through the view).
   at::Tensor base = at::full({4, 6}, int64_t(r), at::kLong);
   at::Tensor view = base.t();  // [6, 4], not contiguous

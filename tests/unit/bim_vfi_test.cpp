@@ -43,7 +43,8 @@ Params random_params(const std::map<std::string, at::Tensor>& overrides = {}, ui
   return params;
 }
 
-BimVfi model_from(const Params& params, const test::TempDir& dir, const std::string& name = "bim.safetensors") {
+BimVfi model_from(const Params& params, const test::TempDir& dir,
+                  const std::string& name = "bim.safetensors") {
   models::save_safetensors(dir.file(name), params);
   return BimVfi(models::WeightFiles::open(dir.file(name)));
 }
@@ -143,8 +144,8 @@ TEST(BimVfiOps, ConvexUpsampleHandValues) {
   // (0,0): rows {0,0,1} x cols {0,0,1} -> 1,1,2,1,1,2,3,3,4 = 18; (0,1): cols {0,1,1} -> 21.
   for (int64_t i = 0; i < 2; ++i)
     for (int64_t j = 0; j < 2; ++j) {
-      EXPECT_NEAR(mean[0][0][i][j].item<float>(), 2.0f, 1e-5);          // block of field(0,0)
-      EXPECT_NEAR(mean[0][0][i][2 + j].item<float>(), 21.0f / 9, 1e-5);  // block of field(0,1)
+      EXPECT_NEAR(mean[0][0][i][j].item<float>(), 2.0f, 1e-5);               // block of field(0,0)
+      EXPECT_NEAR(mean[0][0][i][2 + j].item<float>(), 21.0f / 9, 1e-5);      // block of field(0,1)
       EXPECT_NEAR(mean[0][0][2 + i][0 + j].item<float>(), 24.0f / 9, 1e-5);  // 1,1,2,3,3,4,3,3,4
       EXPECT_NEAR(mean[0][0][2 + i][2 + j].item<float>(), 27.0f / 9, 1e-5);  // 1,2,2,3,4,4,3,4,4
     }
@@ -160,7 +161,8 @@ TEST(BimVfiOps, ConvexUpsampleHandValues) {
   EXPECT_NEAR(picked[0][0][3][1].item<float>(), 3.0f, 1e-5);  // below field(1,0): replicated
   // A constant field stays constant whatever the logits (the weights sum to one).
   at::manual_seed(1);
-  at::Tensor constant = bim::convex_upsample(at::full({1, 2, 3, 2}, 1.5), at::randn({1, 9, 12, 8}), 4);
+  at::Tensor constant =
+      bim::convex_upsample(at::full({1, 2, 3, 2}, 1.5), at::randn({1, 9, 12, 8}), 4);
   EXPECT_TRUE(test::all_close(constant, at::full({1, 2, 12, 8}, 1.5), 1e-5, 0));
 }
 
@@ -178,6 +180,21 @@ TEST(BimVfiOps, BidirectionalMotionField) {
   EXPECT_NEAR(r2.item<float>(), 1.0f / 3, 1e-6);
   EXPECT_NEAR(phi2[0][0][0][0].item<float>(), 0.0f, 1e-6);
   EXPECT_NEAR(phi2[0][1][0][0].item<float>(), 1.0f, 1e-6);
+  // Zero flows (a still region): no division by zero. Pixel 0: both zero -> r = 1/2, phi = pi;
+  // pixel 1: only V_t1 zero -> r = 1, phi = pi; pixel 2: only V_t0 zero -> r = 0, phi = pi;
+  // pixel 3: regular (V_t0 = (0, 3), V_t1 = (-4, 0): r = 3/7, 90 degrees counter-clockwise).
+  at::Tensor still0 =
+      at::tensor({0.0f, 2.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 3.0f}).view({1, 2, 1, 4});
+  at::Tensor still1 =
+      at::tensor({0.0f, 0.0f, 0.0f, -4.0f, 0.0f, 0.0f, 1.0f, 0.0f}).view({1, 2, 1, 4});
+  auto [r3, phi3] = bim::bim_from_flows(still0, still1);
+  EXPECT_TRUE(at::isfinite(r3).all().item<bool>()) << r3 << phi3;
+  EXPECT_TRUE(at::isfinite(phi3).all().item<bool>());
+  EXPECT_TRUE(
+      test::all_close(r3, at::tensor({0.5f, 1.0f, 0.0f, 3.0f / 7}).view({1, 1, 1, 4}), 1e-6, 0));
+  EXPECT_TRUE(test::all_close(
+      phi3, at::tensor({-1.0f, -1.0f, -1.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f}).view({1, 2, 1, 4}),
+      1e-6, 0));
 
   auto [ur, uphi] = bim::uniform_bim(0.25, 2, 3, 4);
   ASSERT_EQ(ur.sizes(), at::IntArrayRef({2, 1, 3, 4}));
@@ -264,6 +281,9 @@ TEST(BimVfiWeights, MissingOrMisshapenWeightsAreNamed) {
     FAIL() << "loaded a 1x1 caun.enc0.0.weight";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("caun.enc0.0.weight"), std::string::npos) << e.what();
+    // Both shapes are named: the file's and the expected one.
+    EXPECT_NE(std::string(e.what()).find("[128,256,1,1]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[128,256,3,3]"), std::string::npos) << e.what();
   }
 }
 
@@ -340,7 +360,8 @@ TEST(BimVfiNet, ConstantFlowAcrossLevelsShiftsBothFrames) {
     BimVfi model = model_from(random_params(quiet_heads(0.0, at::tensor({b, 0.0f, -b, 0.0f}))), dir,
                               beatfarm::str("levels", levels, ".safetensors"));
     BimVfiResult out = model.run(img0, img1, 0.5, levels);
-    at::Tensor want_flow = at::tensor({1.0f, 0.0f, -1.0f, 0.0f}).view({1, 4, 1, 1}).expand({1, 4, 24, 32});
+    at::Tensor want_flow =
+        at::tensor({1.0f, 0.0f, -1.0f, 0.0f}).view({1, 4, 1, 1}).expand({1, 4, 24, 32});
     EXPECT_TRUE(test::all_close(out.flow, want_flow, 1e-5, 1e-5)) << levels << " levels";
     // Interior columns: both neighbours exist (the borders sample zero padding).
     EXPECT_TRUE(test::all_close(out.image.slice(3, 1, 31), expected.slice(3, 1, 31), 1e-4, 1e-4))
@@ -360,11 +381,23 @@ TEST(BimVfiNet, BetweenRendersFramesAtEvenTimes) {
   ASSERT_EQ(stack.count, 3);
   ASSERT_EQ(stack.height, 24);
   ASSERT_EQ(stack.width, 32);
-  at::Tensor img0 = at::from_blob(frame0.rgb.data(), {24, 32, 3}, at::kByte).permute({2, 0, 1}).unsqueeze(0).to(at::kFloat) / 255;
-  at::Tensor img1 = at::from_blob(frame1.rgb.data(), {24, 32, 3}, at::kByte).permute({2, 0, 1}).unsqueeze(0).to(at::kFloat) / 255;
+  at::Tensor img0 = at::from_blob(frame0.rgb.data(), {24, 32, 3}, at::kByte)
+                        .permute({2, 0, 1})
+                        .unsqueeze(0)
+                        .to(at::kFloat) /
+                    255;
+  at::Tensor img1 = at::from_blob(frame1.rgb.data(), {24, 32, 3}, at::kByte)
+                        .permute({2, 0, 1})
+                        .unsqueeze(0)
+                        .to(at::kFloat) /
+                    255;
   for (int k = 0; k < 3; ++k) {
     at::Tensor want = model.interpolate(img0, img1, (k + 1) / 4.0);  // [1, 3, H, W]
-    at::Tensor got = at::from_blob(stack.frame(k), {24, 32, 3}, at::kByte).permute({2, 0, 1}).unsqueeze(0).to(at::kFloat) / 255;
+    at::Tensor got = at::from_blob(stack.frame(k), {24, 32, 3}, at::kByte)
+                         .permute({2, 0, 1})
+                         .unsqueeze(0)
+                         .to(at::kFloat) /
+                     255;
     EXPECT_LE((got - want).abs().max().item<float>(), 0.5f / 255 + 1e-5f) << "frame " << k;
   }
   EXPECT_EQ(model.between(frame0, frame1, 0).count, 0);
@@ -381,16 +414,27 @@ class PickleWriter {
   std::string bytes;
   PickleWriter() { bytes += "\x80\x02"; }
   void op(char c) { bytes.push_back(c); }
-  void put() { op('q'); bytes.push_back(char(memo_++)); }  // BINPUT (fewer than 256 here)
+  void put() {
+    op('q');
+    bytes.push_back(char(memo_++));
+  }  // BINPUT (fewer than 256 here)
   void str(const std::string& s) {
     op('X');
     u32(uint32_t(s.size()));
     bytes += s;
   }
   void integer(int64_t v) {
-    if (v >= 0 && v < 256) { op('K'); bytes.push_back(char(v)); }
-    else if (v >= 0 && v < 65536) { op('M'); bytes.push_back(char(v & 255)); bytes.push_back(char(v >> 8)); }
-    else { op('J'); u32(uint32_t(int32_t(v))); }
+    if (v >= 0 && v < 256) {
+      op('K');
+      bytes.push_back(char(v));
+    } else if (v >= 0 && v < 65536) {
+      op('M');
+      bytes.push_back(char(v & 255));
+      bytes.push_back(char(v >> 8));
+    } else {
+      op('J');
+      u32(uint32_t(int32_t(v)));
+    }
   }
   void real(double v) {
     op('G');
@@ -398,17 +442,27 @@ class PickleWriter {
     std::memcpy(&bits, &v, 8);
     for (int i = 7; i >= 0; --i) bytes.push_back(char((bits >> (8 * i)) & 255));
   }
-  void global(const std::string& module, const std::string& name) { op('c'); bytes += module + "\n" + name + "\n"; }
+  void global(const std::string& module, const std::string& name) {
+    op('c');
+    bytes += module + "\n" + name + "\n";
+  }
   void int_tuple(const std::vector<int64_t>& values) {
-    if (values.empty()) { op(')'); return; }
+    if (values.empty()) {
+      op(')');
+      return;
+    }
     if (values.size() > 3) op('(');
     for (int64_t v : values) integer(v);
-    op(values.size() == 1 ? char(0x85) : values.size() == 2 ? char(0x86) : values.size() == 3 ? char(0x87) : 't');
+    op(values.size() == 1   ? char(0x85)
+       : values.size() == 2 ? char(0x86)
+       : values.size() == 3 ? char(0x87)
+                            : 't');
   }
   // A tensor as torch.save writes it: _rebuild_tensor_v2(persistent storage, offset, size,
   // stride, requires_grad, OrderedDict()).
-  void tensor(const std::string& key, const std::string& storage_type, int64_t numel, int64_t offset,
-              const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides) {
+  void tensor(const std::string& key, const std::string& storage_type, int64_t numel,
+              int64_t offset, const std::vector<int64_t>& sizes,
+              const std::vector<int64_t>& strides) {
     global("torch._utils", "_rebuild_tensor_v2");
     op('(');
     op('(');
@@ -436,7 +490,9 @@ class PickleWriter {
     op('t');
     op('R');
   }
-  void u32(uint32_t v) { for (int i = 0; i < 4; ++i) bytes.push_back(char((v >> (8 * i)) & 255)); }
+  void u32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) bytes.push_back(char((v >> (8 * i)) & 255));
+  }
 
  private:
   int memo_ = 0;
@@ -449,16 +505,25 @@ std::string tensor_bytes(const at::Tensor& t) {
 }
 
 // A zip laid out as torch.save's: {"epoch", "iteration", "model": OrderedDict(state) with
-// _metadata, "optimizer": {...}, "lr_scheduler", "run_id"}. Names get `prefix`; the first weight is stored as
-// float16, the second as a view into a shared storage; `skip` names are left out.
+// _metadata, "optimizer": {...}, "lr_scheduler", "run_id"}. Names get `prefix`; the first weight is
+// stored as float16, the second as a view into a shared storage; `skip` names are left out.
 void write_fake_checkpoint(const std::string& path, const Params& params, const std::string& prefix,
                            const std::set<std::string>& skip = {}) {
   caffe2::serialize::PyTorchStreamWriter writer(path);
   PickleWriter p;
-  p.op('}'); p.put(); p.op('(');
-  p.str("epoch"); p.integer(399);
-  p.str("iteration"); p.integer(123456);
-  p.str("model"); p.global("collections", "OrderedDict"); p.op(')'); p.op('R'); p.put(); p.op('(');
+  p.op('}');
+  p.put();
+  p.op('(');
+  p.str("epoch");
+  p.integer(399);
+  p.str("iteration");
+  p.integer(123456);
+  p.str("model");
+  p.global("collections", "OrderedDict");
+  p.op(')');
+  p.op('R');
+  p.put();
+  p.op('(');
   int key = 0;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& [name, value] = params[i];
@@ -471,7 +536,8 @@ void write_fake_checkpoint(const std::string& path, const Params& params, const 
       writer.writeRecord("data/" + std::to_string(key++), data.data(), data.size());
     } else if (i == 1) {  // a view 3 elements into a larger storage
       at::Tensor storage = at::cat({at::full({3}, -9.0f), value.flatten(), at::full({2}, -9.0f)});
-      p.tensor(std::to_string(key), "FloatStorage", storage.numel(), 3, value.sizes().vec(), strides);
+      p.tensor(std::to_string(key), "FloatStorage", storage.numel(), 3, value.sizes().vec(),
+               strides);
       std::string data = tensor_bytes(storage);
       writer.writeRecord("data/" + std::to_string(key++), data.data(), data.size());
     } else {
@@ -482,19 +548,61 @@ void write_fake_checkpoint(const std::string& path, const Params& params, const 
   }
   p.op('u');
   // OrderedDict state: {"_metadata": OrderedDict([("", {"version": 1})])}, applied with BUILD.
-  p.op('}'); p.str("_metadata"); p.global("collections", "OrderedDict"); p.op(')'); p.op('R'); p.put();
-  p.str(""); p.op('}'); p.str("version"); p.integer(1); p.op('s'); p.op('s'); p.op('s'); p.op('b');
-  p.str("optimizer"); p.op('}'); p.put(); p.op('(');
-  p.str("state"); p.op('}');
-  p.str("param_groups"); p.op(']'); p.op('}'); p.op('(');
-  p.str("lr"); p.real(2e-4); p.str("betas"); p.real(0.9); p.real(0.999); p.op(char(0x86));
-  p.str("params"); p.op(']'); p.op('('); p.integer(0); p.integer(1); p.op('e');
-  p.op('u'); p.op('a'); p.op('u');
+  p.op('}');
+  p.str("_metadata");
+  p.global("collections", "OrderedDict");
+  p.op(')');
+  p.op('R');
+  p.put();
+  p.str("");
+  p.op('}');
+  p.str("version");
+  p.integer(1);
+  p.op('s');
+  p.op('s');
+  p.op('s');
+  p.op('b');
+  p.str("optimizer");
+  p.op('}');
+  p.put();
+  p.op('(');
+  p.str("state");
+  p.op('}');
+  p.str("param_groups");
+  p.op(']');
+  p.op('}');
+  p.op('(');
+  p.str("lr");
+  p.real(2e-4);
+  p.str("betas");
+  p.real(0.9);
+  p.real(0.999);
+  p.op(char(0x86));
+  p.str("params");
+  p.op(']');
+  p.op('(');
+  p.integer(0);
+  p.integer(1);
+  p.op('e');
+  p.op('u');
+  p.op('a');
+  p.op('u');
   // Objects the machine does not know still take items (a defaultdict in a scheduler state).
-  p.str("lr_scheduler"); p.global("collections", "defaultdict"); p.global("builtins", "list");
-  p.op(char(0x85)); p.op('R'); p.op('('); p.str("last_epoch"); p.integer(399); p.op('u');
-  p.integer(5); p.op('2'); p.op('0'); p.op('0');  // DUP, POP, POP: no net effect
-  p.str("run_id"); p.str("abc123");
+  p.str("lr_scheduler");
+  p.global("collections", "defaultdict");
+  p.global("builtins", "list");
+  p.op(char(0x85));
+  p.op('R');
+  p.op('(');
+  p.str("last_epoch");
+  p.integer(399);
+  p.op('u');
+  p.integer(5);
+  p.op('2');
+  p.op('0');
+  p.op('0');  // DUP, POP, POP: no net effect
+  p.str("run_id");
+  p.str("abc123");
   p.op('u');
   p.op('.');
   writer.writeRecord("data.pkl", p.bytes.data(), p.bytes.size());
@@ -524,8 +632,10 @@ TEST(BimVfiConvert, OfficialCheckpointLayoutRoundTrips) {
     EXPECT_TRUE(unused.empty());
     expect_same_weights(out, params);
     BimVfi model(models::WeightFiles::open(out));  // loads by name
-    EXPECT_TRUE(at::isfinite(model.interpolate(at::rand({1, 3, 16, 16}), at::rand({1, 3, 16, 16}), 0.5))
-                    .all().item<bool>());
+    EXPECT_TRUE(
+        at::isfinite(model.interpolate(at::rand({1, 3, 16, 16}), at::rand({1, 3, 16, 16}), 0.5))
+            .all()
+            .item<bool>());
   }
 }
 
@@ -541,10 +651,12 @@ TEST(BimVfiConvert, LibtorchPickleSaveArchivesAreRead) {
   std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(checkpoint));
   ASSERT_GE(bytes.size(), 4u);
   ASSERT_EQ(std::string(bytes.data(), 2), "PK");
-  std::ofstream(dir.file("saved.pth"), std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
+  std::ofstream(dir.file("saved.pth"), std::ios::binary)
+      .write(bytes.data(), std::streamsize(bytes.size()));
   std::map<std::string, at::Tensor> read = bim::read_torch_checkpoint(dir.file("saved.pth"));
   ASSERT_EQ(read.size(), params.size());
-  for (const auto& [name, value] : params) ASSERT_TRUE(test::all_close(read.at(name), value, 0, 0)) << name;
+  for (const auto& [name, value] : params)
+    ASSERT_TRUE(test::all_close(read.at(name), value, 0, 0)) << name;
 }
 
 TEST(BimVfiConvert, BadCheckpointsAreInputErrors) {
@@ -559,20 +671,27 @@ TEST(BimVfiConvert, BadCheckpointsAreInputErrors) {
     return "(no InputError)";
   };
   const std::string out = dir.file("out.safetensors");
-  EXPECT_NE(message([&] { bim::convert_checkpoint(dir.file("absent.pth"), out); }).find("cannot be opened"),
+  EXPECT_NE(message([&] {
+              bim::convert_checkpoint(dir.file("absent.pth"), out);
+            }).find("cannot be opened"),
             std::string::npos);
   std::ofstream(dir.file("text.pth")) << "not a zip at all";
-  EXPECT_NE(message([&] { bim::convert_checkpoint(dir.file("text.pth"), out); }).find("not a torch.save zip"),
+  EXPECT_NE(message([&] {
+              bim::convert_checkpoint(dir.file("text.pth"), out);
+            }).find("not a torch.save zip"),
             std::string::npos);
   {
     caffe2::serialize::PyTorchStreamWriter writer(dir.file("nopickle.pth"));
     writer.writeRecord("other", "x", 1);
     writer.writeEndOfFile();
   }
-  EXPECT_NE(message([&] { bim::convert_checkpoint(dir.file("nopickle.pth"), out); }).find("nopickle.pth"),
-            std::string::npos);
-  write_fake_checkpoint(dir.file("partial.pth"), params, "", {"sn.conv_out.bias", "mfe.conv.weight"});
-  const std::string partial = message([&] { bim::convert_checkpoint(dir.file("partial.pth"), out); });
+  EXPECT_NE(
+      message([&] { bim::convert_checkpoint(dir.file("nopickle.pth"), out); }).find("nopickle.pth"),
+      std::string::npos);
+  write_fake_checkpoint(dir.file("partial.pth"), params, "",
+                        {"sn.conv_out.bias", "mfe.conv.weight"});
+  const std::string partial =
+      message([&] { bim::convert_checkpoint(dir.file("partial.pth"), out); });
   EXPECT_NE(partial.find("lacks 2"), std::string::npos) << partial;
   EXPECT_NE(partial.find("sn.conv_out.bias"), std::string::npos) << partial;
   Params reshaped = params;
@@ -580,15 +699,17 @@ TEST(BimVfiConvert, BadCheckpointsAreInputErrors) {
     if (name == "mfe.layer0.0.conv1.weight") value = value.flatten(1);  // [32, 288]
   write_fake_checkpoint(dir.file("shape.pth"), reshaped, "");
   const std::string shape = message([&] { bim::convert_checkpoint(dir.file("shape.pth"), out); });
-  EXPECT_NE(shape.find("'mfe.layer0.0.conv1.weight' has shape [32, 288]"), std::string::npos) << shape;
+  EXPECT_NE(shape.find("'mfe.layer0.0.conv1.weight' has shape [32, 288]"), std::string::npos)
+      << shape;
   // A truncated pickle.
   {
     caffe2::serialize::PyTorchStreamWriter writer(dir.file("truncated.pth"));
     writer.writeRecord("data.pkl", "\x80\x02}q\x00(X\x05\x00\x00", 10);
     writer.writeEndOfFile();
   }
-  EXPECT_NE(message([&] { bim::read_torch_checkpoint(dir.file("truncated.pth")); }).find("truncated"),
-            std::string::npos);
+  EXPECT_NE(
+      message([&] { bim::read_torch_checkpoint(dir.file("truncated.pth")); }).find("truncated"),
+      std::string::npos);
 }
 
 }  // namespace

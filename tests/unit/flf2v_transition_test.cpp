@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "render/flf2v_transition.h"
 #include "test_util.h"
+#include "torch_test_util.h"
 
 namespace beatfarm::render {
 namespace {
@@ -145,6 +146,108 @@ TEST(Flf2vTransition, ChainsSegmentsWhenTheTransitionIsLong) {
                                    if (done == 3) throw std::runtime_error("cancelled");
                                  }),
                std::runtime_error);
+}
+
+// A Frame as uint8 [H, W, 3].
+at::Tensor frame_tensor(const Frame& frame) {
+  return at::from_blob(const_cast<uint8_t*>(frame.rgb.data()), {frame.height, frame.width, 3},
+                       at::kByte)
+      .clone();  // [H, W, 3]
+}
+
+// A FrameStack as uint8 [T, H, W, 3].
+at::Tensor stack_tensor(const FrameStack& stack) {
+  return at::from_blob(const_cast<uint8_t*>(stack.rgb.data()),
+                       {stack.count, stack.height, stack.width, 3}, at::kByte)
+      .clone();  // [T, H, W, 3]
+}
+
+// What render() asks the pipeline for, built by hand: one generation of `num_frames` at the
+// frames' size (a multiple of 16, so nothing is resized) from `first` (to `last` when given),
+// CLIP context [first, to], noise of `seed`. uint8 frames [G, H, W, 3].
+at::Tensor generate_by_hand(models::WanImageToVideoPipeline& pipeline,
+                            const Flf2vTransitionOptions& options, const at::Tensor& first,
+                            const at::Tensor& last, const at::Tensor& to, int num_frames,
+                            const std::string& prompt, const std::string& negative_prompt,
+                            uint64_t seed) {
+  models::GenerationParams params;
+  params.num_frames = num_frames;
+  params.height = int(first.size(0));
+  params.width = int(first.size(1));
+  params.steps = options.steps;
+  params.guidance_scale = options.guidance_scale;
+  params.flow_shift = options.flow_shift;
+  params = pipeline.with_defaults(params);
+  const at::Tensor prompts = pipeline.encode_prompts({prompt, negative_prompt});  // [2, 512, D]
+  const at::Tensor video = pipeline.generate(
+      prompts.narrow(0, 0, 1), prompts.narrow(0, 1, 1), pipeline.initial_latents(1, params, seed),
+      first, last, params, pipeline.encode_images({first, to}));  // [1, 3, G, H, W]
+  return models::video_to_frames_u8(video)[0];                    // [G, H, W, 3]
+}
+
+TEST(Flf2vTransition, OneSegmentIsTheInnerFramesOfOneGeneration) {
+  Flf2vTransitionOptions options;
+  options.steps = 2;
+  Flf2vTransition transition = Flf2vTransition::load(tiny_flf2v_folder(), float_options(), options);
+  const Frame from = test_frame(32, 48, 0.0), to = test_frame(32, 48, 2.0);
+  // n = 3: one 5-frame generation, its 3 inner frames as they are.
+  ASSERT_EQ(plan_transition(3, options.max_frames).generated_inner, 3);
+  const FrameStack frames = transition.render(from, to, 3, "neon city at night", "dull", 11);
+  const at::Tensor to_image = frame_tensor(to);
+  const at::Tensor expected =
+      generate_by_hand(transition.pipeline(), options, frame_tensor(from), to_image, to_image, 5,
+                       "neon city at night", "dull", 11);  // [5, 32, 48, 3]
+  EXPECT_TRUE(at::equal(stack_tensor(frames), expected.narrow(0, 1, 3)));
+}
+
+TEST(Flf2vTransition, ChainedSegmentsAndRetimingMatchHandMadeGenerations) {
+  Flf2vTransitionOptions options;
+  options.steps = 2;
+  options.max_frames = 5;
+  Flf2vTransition transition = Flf2vTransition::load(tiny_flf2v_folder(), float_options(), options);
+  const Frame from = test_frame(32, 48, 0.5), to = test_frame(32, 48, 2.5);
+  const std::string prompt = "smooth morphing between scenes", negative = "blurry";
+  const uint64_t seed = 5;
+  // n = 7 and n = 6 both plan two 5-frame segments: 9 generated frames, 7 inner.
+  for (int n : {6, 7}) {
+    const TransitionPlan plan = plan_transition(n, options.max_frames);
+    ASSERT_EQ(plan.segments, 2);
+    ASSERT_EQ(plan.frames_per_segment, 5);
+    ASSERT_EQ(plan.generated_inner, 7);
+  }
+  // By hand: an I2V segment from `from` (CLIP context still [from, to]), then an FLF2V segment
+  // from its last frame to `to`, with the second segment's derived seed.
+  const at::Tensor to_image = frame_tensor(to);
+  const at::Tensor first = generate_by_hand(transition.pipeline(), options, frame_tensor(from), {},
+                                            to_image, 5, prompt, negative, segment_seed(seed, 0));
+  const at::Tensor joint = first[4].contiguous();  // [32, 48, 3]
+  const at::Tensor second = generate_by_hand(transition.pipeline(), options, joint, to_image,
+                                             to_image, 5, prompt, negative, segment_seed(seed, 1));
+  const at::Tensor generated = at::cat({first, second.narrow(0, 1, 4)}, 0);  // [9, 32, 48, 3]
+  ASSERT_FALSE(at::equal(first.narrow(0, 1, 4), second.narrow(0, 1, 4)));
+
+  const at::Tensor seven = stack_tensor(transition.render(from, to, 7, prompt, negative, seed));
+  EXPECT_TRUE(at::equal(seven, generated.narrow(0, 1, 7)));
+
+  // n = 6 from 7: output j sits at (j + 1) * 8 / 7 on the generated frames 0..8, blended
+  // linearly between its two neighbours (rounded to uint8).
+  const at::Tensor six = stack_tensor(transition.render(from, to, 6, prompt, negative, seed));
+  ASSERT_EQ(six.size(0), 6);
+  const at::Tensor as_double = generated.to(at::kDouble);
+  double largest_step = 0;
+  for (int j = 0; j < 6; ++j) {
+    const double position = (j + 1) * 8.0 / 7.0;
+    const int below = int(std::floor(position));
+    const double weight = position - below;
+    const at::Tensor blend =
+        as_double[below] * (1 - weight) + as_double[below + 1] * weight;  // [32, 48, 3]
+    const double error = (six[j].to(at::kDouble) - blend).abs().max().item<double>();
+    EXPECT_LE(error, 0.5 + 1e-6) << "frame " << j;  // rounding only
+    largest_step = std::max(largest_step,
+                            (as_double[below + 1] - as_double[below]).abs().max().item<double>());
+  }
+  // The neighbours differ enough for a wrong pick or weight to show.
+  EXPECT_GT(largest_step, 8.0);
 }
 
 TEST(Flf2vTransition, RefusesSingleImageModelsAndBadFrames) {

@@ -95,6 +95,25 @@ TEST(WanI2VPipeline, Bf16StaysCloseToTheFloat32Reference) {
               error.max().item<double>(), error.mean().item<double>());
 }
 
+TEST(WanI2VPipeline, ConditionLatentsAreNormalisedInFloat32) {
+  // Diffusers' __call__ passes dtype=torch.float32 to prepare_latents, which casts the VAE's
+  // posterior mean to it before (x - mean) * (1 / std); the condition meets the transformer
+  // dtype only in the concatenated model input. So a bf16 pipeline normalises in float32 too.
+  WanImageToVideoPipeline pipeline = golden_pipeline(at::kBFloat16);
+  ImageConditionIntermediates intermediates;
+  at::Tensor condition = pipeline.prepare_condition(
+      golden_tensor(kIo, "input.image"), golden_tensor(kIo, "input.last_image"), golden_params(), 1,
+      &intermediates);  // [1, 4 + z, f, h, w]
+  ASSERT_EQ(condition.scalar_type(), at::kFloat);
+  const WanVaeConfig& v = pipeline.vae().config();
+  const int64_t z = v.z_dim;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor mean = at::tensor(v.latents_mean, f32).view({1, z, 1, 1, 1});
+  at::Tensor std_recip = at::reciprocal(at::tensor(v.latents_std, f32)).view({1, z, 1, 1, 1});
+  at::Tensor expected = (intermediates.latent_condition_raw.to(at::kFloat) - mean) * std_recip;
+  EXPECT_TRUE(all_close(condition.narrow(1, 4, z), expected, 1e-6, 1e-6));
+}
+
 TEST(WanI2VPipeline, ImageToVideoMasksOnlyTheFirstFrame) {
   WanImageToVideoPipeline pipeline = golden_pipeline(at::kFloat);
   GenerationParams params = golden_params();
@@ -211,12 +230,21 @@ TEST(WanI2VPipeline, TinyFlf2vFolderLoadsAndGenerates) {
       pipeline.generate(prompts.narrow(0, 0, 1), prompts.narrow(0, 1, 1),
                         pipeline.initial_latents(1, params, 3), first, last, params, embeds);
   EXPECT_TRUE(at::equal(video, same));
-  // uint8 frames of another size are resized; a batch of two shares the condition.
+  // uint8 frames of another size are resized; a batch of two shares the condition: with the
+  // same noise in both entries, both samples equal each other and the batch-of-one sample.
   at::Tensor big = (at::rand({64, 80, 3}) * 255).to(at::kByte);
-  at::Tensor batch = pipeline.generate(prompts.narrow(0, 0, 1).repeat({2, 1, 1}),
-                                       prompts.narrow(0, 1, 1).repeat({2, 1, 1}),
-                                       pipeline.initial_latents(2, params, 4), big, big, params);
-  EXPECT_EQ(batch.sizes(), (at::IntArrayRef{2, 3, 5, 32, 48}));
+  const at::Tensor noise = pipeline.initial_latents(1, params, 4);  // [1, z, f, h, w]
+  at::Tensor single =
+      pipeline.generate(prompts.narrow(0, 0, 1), prompts.narrow(0, 1, 1), noise, big, last, params);
+  at::Tensor batch = pipeline.generate(
+      prompts.narrow(0, 0, 1).repeat({2, 1, 1}), prompts.narrow(0, 1, 1).repeat({2, 1, 1}),
+      noise.repeat({2, 1, 1, 1, 1}), big, last, params);  // [2, z, f, h, w] noise
+  ASSERT_EQ(batch.sizes(), (at::IntArrayRef{2, 3, 5, 32, 48}));
+  EXPECT_TRUE(all_close(batch[0], batch[1], 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(batch.narrow(0, 0, 1), single, 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(batch.narrow(0, 1, 1), single, 1e-5, 1e-5));
+  // Not trivially equal: another last image changes the sample.
+  EXPECT_FALSE(all_close(single, video, 1e-3, 1e-3));
 }
 
 TEST(WanI2VPipeline, TinyI2vFolderGeneratesFromOneImage) {
