@@ -421,8 +421,9 @@ TEST(TensorParallel, WorldGroupsSplitContiguously) {
   free_tp_group(group);
 }
 
-// GPU checks: only where the NCCL backend is built and a GPU is visible.
-TEST(TensorParallel, NcclAllReduceOnGpu) {
+// GPU checks (ctest test gpu_tp_np1, label gpu): reported as skipped without the NCCL backend
+// and a GPU per rank.
+TEST(TensorParallelGpu, NcclAllReduceOnGpu) {
   if (!nccl_built() || at::detail::getCUDAHooks().getNumGPUs() < test::world().size)
     GTEST_SKIP() << "needs the NCCL backend and one GPU per rank";
   auto comm = make_nccl_communicator(MPI_COMM_WORLD, test::world().rank);
@@ -433,7 +434,7 @@ TEST(TensorParallel, NcclAllReduceOnGpu) {
 }
 
 // tp=1 on CUDA in bf16 against float32 on the CPU (one GPU per rank, each rank alone).
-TEST(TensorParallel, CudaBf16TransformerIsNearFloat32) {
+TEST(TensorParallelGpu, CudaBf16TransformerIsNearFloat32) {
   if (!at::hasCUDA() || at::detail::getCUDAHooks().getNumGPUs() < test::world().size)
     GTEST_SKIP() << "needs a CUDA libtorch and one GPU per rank";
   test::SharedDir dir;
