@@ -28,8 +28,8 @@
 #include "farm/stop.h"
 #include "interp/bim_vfi.h"
 #include "models/model_source.h"
+#include "models/wan_i2v_pipeline.h"
 #include "models/wan_pipeline.h"
-#include "models/wan_transformer.h"
 #include "parallel/communicator.h"
 #include "parallel/groups.h"
 #include "plan/plan_json.h"
@@ -217,43 +217,6 @@ parallel::TpGroup make_job_groups(const Options& options) {
   return group;
 }
 
-// An image-to-video Diffusers folder: its transformer takes the noisy latents, the 4 mask
-// channels and the condition latents (in_channels = 2 z_dim + 4).
-void check_image_to_video_model(const std::string& folder, const std::string& model_id) {
-  models::WanTransformerConfig transformer =
-      models::WanTransformerConfig::from_json_file(folder + "/transformer/config.json");
-  std::ifstream vae_config(folder + "/vae/config.json");
-  if (!vae_config) throw InputError(str("--flf2v-model '", model_id, "' has no vae/config.json"));
-  const int64_t z = json::parse(vae_config).value("z_dim", int64_t(16));
-  if (transformer.in_channels != 2 * z + 4)
-    throw InputError(str("--flf2v-model '", model_id,
-                         "' is not an image-to-video model: its transformer takes ",
-                         transformer.in_channels, " channels, not 2 z_dim + 4 = ", 2 * z + 4));
-}
-
-// BiM-VFI weights: every tensor the network needs, in its shape.
-void check_bim_weights(const std::string& path) {
-  std::string problem;
-  try {
-    models::WeightFiles weights = models::WeightFiles::open(path);
-    for (const models::ParamSpec& spec : interp::BimVfi::parameter_specs()) {
-      if (!weights.has(spec.name)) {
-        problem = str("it lacks '", spec.name, "'");
-        break;
-      }
-      if (weights.info(spec.name).shape != spec.shape) {
-        problem = str("'", spec.name, "' has another shape than the network's");
-        break;
-      }
-    }
-  } catch (const std::exception& e) {
-    problem = e.what();
-  }
-  if (!problem.empty())
-    throw InputError(str("--bim-weights '", path, "' is not a BiM-VFI weights file (", problem,
-                         "); convert the official bim_vfi.pth with tools/convert_bim_vfi"));
-}
-
 // Every rank, before loading anything: the models and weights that the job's unfinished
 // transitions need are here, of the right kind, and split over the tensor-parallel group (a
 // node without them would otherwise fail mid-job; a resumed job is checked too).
@@ -270,13 +233,23 @@ void check_pending_transitions(const Job& job, int tp_size) {
     const std::string folder = find_flf2v_model(o, &why);
     if (folder.empty())
       throw InputError(str(first_task["flf2v"], " needs the FLF2V model, but ", why));
-    check_image_to_video_model(folder, o.flf2v_model);
+    try {
+      models::check_image_to_video_folder(folder);
+    } catch (const std::exception& e) {
+      throw InputError(str("--flf2v-model ", o.flf2v_model, ": ", e.what()));
+    }
     if (tp_size > 1) models::check_tensor_parallel(folder, tp_size);
   }
   if (first_task.count("bim")) {
     if (o.bim_weights.empty())
       throw InputError(str(first_task["bim"], " needs BiM-VFI, but no --bim-weights is given"));
-    check_bim_weights(o.bim_weights);
+    try {
+      interp::BimVfi::check_weights_file(o.bim_weights);
+    } catch (const std::exception& e) {
+      throw InputError(str("--bim-weights '", o.bim_weights, "' is not a BiM-VFI weights file (",
+                           e.what(),
+                           "); convert the official bim_vfi.pth with tools/convert_bim_vfi"));
+    }
   }
 }
 

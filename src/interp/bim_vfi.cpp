@@ -636,6 +636,17 @@ std::vector<ParamSpec> BimVfi::parameter_specs() {
   return specs;
 }
 
+void BimVfi::check_weights_file(const std::string& path) {
+  const WeightFiles weights = WeightFiles::open(path);
+  for (const ParamSpec& spec : parameter_specs()) {
+    if (!weights.has(spec.name)) throw Error(beatfarm::str("it lacks '", spec.name, "'"));
+    const std::vector<int64_t>& have = weights.info(spec.name).shape;
+    if (have != spec.shape)
+      throw Error(beatfarm::str("'", spec.name, "' has shape ", at::IntArrayRef(have),
+                                ", the network needs ", at::IntArrayRef(spec.shape)));
+  }
+}
+
 at::Device BimVfi::device() const {
   return impl_->device;
 }

@@ -113,6 +113,9 @@ class BimVfi {
   static BimVfi load(const std::string& path, at::Device device = at::kCPU);
   // Every weight the network needs, official names, in load order.
   static std::vector<models::ParamSpec> parameter_specs();
+  // Reads only the header of a weights file: every weight the network needs is there in its
+  // shape. Throws naming the first one that is not (or why the file cannot be read).
+  static void check_weights_file(const std::string& path);
 
   // img0, img1 [B, 3, H, W] float in [0, 1]; 0 < t < 1 (t = 0 / 1 allowed). pyramid_levels 0:
   // bim::pyramid_levels_for(H, W). Pads to a multiple of 2^(levels + 1) and unpads after.

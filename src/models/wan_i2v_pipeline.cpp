@@ -2,8 +2,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/error.h"
@@ -18,11 +16,6 @@ std::string shape_text(at::IntArrayRef sizes) {
   std::ostringstream out;
   out << sizes;
   return out.str();
-}
-
-bool component_present(const nlohmann::json& index, const std::string& name) {
-  auto entry = index.find(name);
-  return entry != index.end() && entry->is_array() && !entry->empty() && !(*entry)[0].is_null();
 }
 
 // uint8 [H, W, 3] / [1, H, W, 3] or float [3, H, W] / [1, 3, H, W] in [0, 1] -> float32
@@ -94,34 +87,32 @@ WanImageToVideoPipeline::WanImageToVideoPipeline(WanT2VPipeline base,
                     " does not match the transformer's image_dim ", t.image_dim));
 }
 
+void check_image_to_video_folder(const std::string& folder) {
+  const fs::path root(folder);
+  const WanTransformerConfig transformer =
+      WanTransformerConfig::from_json_file((root / "transformer" / "config.json").string());
+  const int64_t z = WanVaeConfig::from_file((root / "vae" / "config.json").string()).z_dim;
+  if (transformer.in_channels != 2 * z + 4)
+    throw InputError(str("'", folder, "' is not an image-to-video model: its transformer takes ",
+                         transformer.in_channels, " channels, not 2 z_dim + 4 = ", 2 * z + 4));
+}
+
 WanImageToVideoPipeline WanImageToVideoPipeline::load(const std::string& folder,
                                                       const WanPipelineOptions& options) {
   const fs::path root(folder);
-  const fs::path index_path = root / "model_index.json";
-  std::ifstream in(index_path);
-  if (!in)
-    throw InputError(
-        str("'", folder, "' has no model_index.json: not a Diffusers pipeline folder"));
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(str("'", index_path.string(), "' is not valid JSON: ", e.what()));
-  }
+  const ModelIndex index = read_model_index(folder);
   WanT2VPipeline base = WanT2VPipeline::load(folder, options);
   std::shared_ptr<ClipVisionEncoder> image_encoder;
   ClipImageProcessorConfig processor;
   if (base.transformer().config().image_dim > 0) {
     for (const char* required : {"image_encoder", "image_processor"})
-      if (!component_present(index, required))
-        throw Error(str("'", index_path.string(), "' lists no ", required,
+      if (!index.has(required))
+        throw Error(str("'", index.path, "' lists no ", required,
                         " but the transformer has an image branch (image_dim ",
                         base.transformer().config().image_dim, ")"));
     // CLIP stays in float32 (as the Wan model cards load it); it runs once per generation.
-    const at::Device storage =
-        options.offload == Offload::None ? options.device : at::Device(at::kCPU);
     image_encoder = std::make_shared<ClipVisionEncoder>(ClipVisionEncoder::load(
-        (root / "image_encoder").string(), LoadOptions{at::kFloat, storage}));
+        (root / "image_encoder").string(), LoadOptions{at::kFloat, options.weight_device()}));
     processor = ClipImageProcessorConfig::from_json_file(
         (root / "image_processor" / "preprocessor_config.json").string());
   }

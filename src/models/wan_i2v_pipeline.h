@@ -32,6 +32,11 @@ struct ImageConditionIntermediates {
   at::Tensor latent_condition_raw;  // [1, z, f, h, w] posterior mean
 };
 
+// From the config files alone: `folder` is an image-to-video pipeline (its transformer takes
+// the noisy latents, 4 mask channels and the condition latents: in_channels = 2 z_dim + 4).
+// InputError saying what it is instead.
+void check_image_to_video_folder(const std::string& folder);
+
 class WanImageToVideoPipeline {
  public:
   // A Diffusers folder with model_index.json: text_encoder, tokenizer, transformer,

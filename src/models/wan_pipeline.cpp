@@ -21,12 +21,31 @@ constexpr int kTextTokens = 512;
 // Timesteps live on [0, num_train_timesteps); the expert boundary is a share of it.
 constexpr double kTrainTimesteps = 1000.0;
 
-bool component_present(const nlohmann::json& index, const std::string& name) {
-  auto entry = index.find(name);
-  return entry != index.end() && entry->is_array() && !entry->empty() && !(*entry)[0].is_null();
-}
-
 }  // namespace
+
+ModelIndex read_model_index(const std::string& folder) {
+  ModelIndex result;
+  result.path = (fs::path(folder) / "model_index.json").string();
+  std::ifstream in(result.path);
+  if (!in)
+    throw InputError(
+        str("'", folder, "' has no model_index.json: not a Diffusers pipeline folder"));
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(str("'", result.path, "' is not valid JSON: ", e.what()));
+  }
+  if (!index.is_object()) throw Error(str("'", result.path, "' is not a JSON object"));
+  if (index.contains("boundary_ratio") && index["boundary_ratio"].is_number())
+    result.config.boundary_ratio = index["boundary_ratio"].get<double>();
+  if (index.contains("expand_timesteps") && index["expand_timesteps"].is_boolean())
+    result.config.expand_timesteps = index["expand_timesteps"].get<bool>();
+  // Components are ["library", "ClassName"]; a null class means "not part of this pipeline".
+  for (const auto& [name, entry] : index.items())
+    if (entry.is_array() && !entry.empty() && !entry[0].is_null()) result.components.insert(name);
+  return result;
+}
 
 Offload offload_from_string(const std::string& name) {
   if (name == "none") return Offload::None;
@@ -91,35 +110,17 @@ void check_tensor_parallel(const std::string& folder, int tp_size) {
 
 WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipelineOptions& options) {
   check_tensor_parallel(folder, options.tp.size);  // before any weight is read
-  fs::path root(folder);
-  fs::path index_path = root / "model_index.json";
-  std::ifstream in(index_path);
-  if (!in)
-    throw InputError(
-        str("'", folder, "' has no model_index.json: not a Diffusers pipeline folder"));
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(str("'", index_path.string(), "' is not valid JSON: ", e.what()));
-  }
-  WanPipelineConfig config;
-  if (index.contains("boundary_ratio") && index["boundary_ratio"].is_number())
-    config.boundary_ratio = index["boundary_ratio"].get<double>();
-  if (index.contains("expand_timesteps") && index["expand_timesteps"].is_boolean())
-    config.expand_timesteps = index["expand_timesteps"].get<bool>();
+  const fs::path root(folder);
+  const ModelIndex index = read_model_index(folder);
   for (const char* required : {"transformer", "vae", "scheduler"})
-    if (!component_present(index, required))
-      throw Error(str("'", index_path.string(), "' lists no ", required));
+    if (!index.has(required)) throw Error(str("'", index.path, "' lists no ", required));
 
-  // Weights wait on the CPU unless nothing is offloaded.
-  const at::Device storage =
-      options.offload == Offload::None ? options.device : at::Device(at::kCPU);
+  const at::Device storage = options.weight_device();
   LoadOptions transformer_options{options.dtype, storage, options.tp};
   auto transformer = std::make_shared<WanTransformer>(
       WanTransformer::load((root / "transformer").string(), transformer_options));
   std::shared_ptr<WanTransformer> transformer_2;
-  if (component_present(index, "transformer_2"))
+  if (index.has("transformer_2"))
     transformer_2 = std::make_shared<WanTransformer>(
         WanTransformer::load((root / "transformer_2").string(), transformer_options));
   auto vae = std::make_shared<WanVae>(
@@ -127,7 +128,7 @@ WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipeline
   std::unique_ptr<Scheduler> scheduler = load_scheduler((root / "scheduler").string());
   std::shared_ptr<Umt5Encoder> text_encoder;
   std::shared_ptr<T5Tokenizer> tokenizer;
-  if (component_present(index, "text_encoder") && component_present(index, "tokenizer")) {
+  if (index.has("text_encoder") && index.has("tokenizer")) {
     LoadOptions text_options = options.text_encoder_on_cpu
                                    ? LoadOptions{at::kFloat, at::kCPU, options.tp}
                                    : LoadOptions{options.dtype, storage, options.tp};
@@ -136,7 +137,7 @@ WanT2VPipeline WanT2VPipeline::load(const std::string& folder, const WanPipeline
     tokenizer = std::make_shared<T5Tokenizer>(T5Tokenizer::load((root / "tokenizer").string()));
   }
   WanT2VPipeline pipeline(text_encoder, tokenizer, transformer, transformer_2, vae,
-                          std::move(scheduler), config, options);
+                          std::move(scheduler), index.config, options);
   return pipeline;
 }
 

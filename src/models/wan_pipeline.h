@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,9 @@ struct WanPipelineOptions {
   // Decode in overlapping spatial tiles (WanVae::decode_tiled; slightly different from the whole
   // decode at the seams): less memory, and a tensor-parallel group splits the tiles.
   std::optional<WanVaeTiling> vae_tiling;
+
+  // Where weights wait between uses: on the compute device only when nothing is offloaded.
+  at::Device weight_device() const { return offload == Offload::None ? device : at::kCPU; }
 };
 
 // Checks, from the config files alone (before any weight is read), that the transformer(s)
@@ -54,14 +58,24 @@ struct WanPipelineConfig {
   bool expand_timesteps = false;         // Wan2.2 TI2V-5B
 };
 
+// A Diffusers folder's model_index.json: the pipeline settings and the components it lists.
+struct ModelIndex {
+  std::string path;
+  WanPipelineConfig config;
+  std::set<std::string> components;  // listed with a class (entries like [null, null] are not)
+  bool has(const std::string& name) const { return components.count(name) > 0; }
+};
+// InputError when the folder has no model_index.json, Error when it is not valid JSON.
+ModelIndex read_model_index(const std::string& folder);
+
 struct GenerationParams {
   int num_frames = 81;  // 4k + 1
   int height = 480;
   int width = 832;
-  int steps = 0;                  // 0: the model's default
-  double guidance_scale = -1;     // < 0: the model's default; <= 1: no negative pass
-  double guidance_scale_2 = -1;   // low-noise expert; < 0: guidance_scale
-  double flow_shift = 0;          // 0: the scheduler config's
+  int steps = 0;                 // 0: the model's default
+  double guidance_scale = -1;    // < 0: the model's default; <= 1: no negative pass
+  double guidance_scale_2 = -1;  // low-noise expert; < 0: guidance_scale
+  double flow_shift = 0;         // 0: the scheduler config's
 };
 
 // Per-step values for the golden checks: name -> one tensor per step.
